@@ -1,0 +1,1 @@
+"""Partitions, sensors, schedules and jobs."""

@@ -1,0 +1,202 @@
+"""The DuckDB warehouse: schema, connections that wait for the single writer, transactional writes.
+
+DuckDB allows one read-write process per file. Dagster runs each run in its own process and the CLI
+may run beside ``dagster dev``, so ``connect`` retries while another process holds the lock instead
+of failing with "could not set lock on file". Every write replaces a well-defined slice (one batch,
+or one whole global table) inside a single transaction: a run killed half-way leaves the previous
+state, never a partial one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import duckdb
+import polars as pl
+
+# Every table the pipeline writes, in graph order. ``purify status`` reports these counts.
+TABLE_DDL: dict[str, str] = {
+    "batches": """
+        batch_id VARCHAR PRIMARY KEY, source_file VARCHAR, sha256 VARCHAR, bytes BIGINT,
+        archived_path VARCHAR, format VARCHAR, encoding VARCHAR, compression VARCHAR, layout VARCHAR,
+        rows_parsed BIGINT, rows_quarantined BIGINT, mojibake_repaired BIGINT, loaded_at TIMESTAMP""",
+    "raw_rows": """
+        batch_id VARCHAR, row_id VARCHAR, source_file VARCHAR, line_no INTEGER, record_json VARCHAR,
+        instruction VARCHAR, input VARCHAR, output VARCHAR, turns INTEGER, has_output BOOLEAN""",
+    "quarantine": """
+        batch_id VARCHAR, source_file VARCHAR, line_no INTEGER, error VARCHAR, raw VARCHAR""",
+    "clean_rows": """
+        batch_id VARCHAR, row_id VARCHAR, instruction VARCHAR, input VARCHAR, output VARCHAR,
+        text VARCHAR, text_hash VARCHAR, row_hash VARCHAR, lang VARCHAR, n_chars INTEGER,
+        modifications VARCHAR[], pii_counts VARCHAR""",
+    "rejected_rows": """
+        batch_id VARCHAR, row_id VARCHAR, reason VARCHAR, reasons VARCHAR[], instruction VARCHAR,
+        input VARCHAR, output VARCHAR""",
+    "embeddings": """
+        batch_id VARCHAR, row_id VARCHAR, model_id VARCHAR, text_hash VARCHAR, vector FLOAT[]""",
+    "dedup_sets": """
+        set_id VARCHAR, kind VARCHAR, row_id VARCHAR, representative_row_id VARCHAR,
+        is_representative BOOLEAN, similarity FLOAT, reason VARCHAR""",
+    "cluster_labels": """
+        cycle INTEGER, row_id VARCHAR, cluster INTEGER, strength FLOAT, algorithm VARCHAR, params_hash VARCHAR""",
+    "projections": """
+        cycle INTEGER, row_id VARCHAR, method VARCHAR, dims INTEGER, x FLOAT, y FLOAT, z FLOAT, cluster INTEGER""",
+    "cluster_metrics": """
+        cycle INTEGER, scope VARCHAR, setting VARCHAR, cluster INTEGER, metric VARCHAR, value DOUBLE, params_hash VARCHAR""",
+    "cluster_reviews": """
+        cycle INTEGER, scope VARCHAR, cluster INTEGER, name VARCHAR, task_type VARCHAR, quality INTEGER,
+        verdict VARCHAR, merge_with INTEGER, reasons VARCHAR, problem_row_ids VARCHAR, reviewer VARCHAR,
+        prompt_hash VARCHAR, review_json VARCHAR""",
+    "purified_dataset": """
+        cycle INTEGER, row_id VARCHAR, batch_id VARCHAR, cluster INTEGER, cluster_name VARCHAR,
+        task_type VARCHAR, instruction VARCHAR, input VARCHAR, output VARCHAR, record_json VARCHAR""",
+    "cycles": """
+        cycle INTEGER PRIMARY KEY, params_version INTEGER, params_hash VARCHAR, started_at TIMESTAMP,
+        rows_clustered BIGINT, n_clusters INTEGER, silhouette DOUBLE, davies_bouldin DOUBLE,
+        calinski_harabasz DOUBLE, recommendation VARCHAR, proposed_version INTEGER, state VARCHAR, note VARCHAR""",
+}
+
+# The asset tables (what ``purify status`` lists), plus the side tables that hold rejected input.
+ASSET_TABLES = [
+    "raw_rows", "clean_rows", "embeddings", "dedup_sets", "cluster_labels", "projections",
+    "cluster_metrics", "cluster_reviews", "purified_dataset",
+]
+SIDE_TABLES = ["quarantine", "rejected_rows", "batches", "cycles"]
+
+
+class WarehouseError(RuntimeError):
+    pass
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text and ("conflicting" in text or "could not set" in text)
+
+
+def open_connection(path: Path | str, *, read_only: bool = False, wait_seconds: float = 600.0) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse, waiting (with backoff) while another process holds the write lock."""
+    path = Path(path)
+    if not read_only:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WarehouseError(f"cannot create the warehouse folder {path.parent}: {exc.strerror}") from exc
+    elif not path.exists():
+        raise WarehouseError(f"no warehouse at {path}: nothing has been materialized yet")
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.05
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.IOException as exc:
+            if _is_lock_error(exc) and time.monotonic() < deadline:
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            raise WarehouseError(f"cannot open the warehouse {path}: {exc}") from exc
+    if not read_only:
+        ensure_schema(con)
+    return con
+
+
+@contextlib.contextmanager
+def connect(path: Path | str, *, read_only: bool = False, wait_seconds: float = 600.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    con = open_connection(path, read_only=read_only, wait_seconds=wait_seconds)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def run(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | dict | None = None) -> list[tuple]:
+    """Execute one statement and consume its whole result (DuckDB 2 refuses new work on a
+    connection while a result is unfinished). Parameters are bound, never formatted into the SQL."""
+    return con.execute(sql, params if params is not None else []).fetchall()
+
+
+def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> Any:
+    rows = run(con, sql, params)
+    return rows[0][0] if rows else None
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    for name, columns in TABLE_DDL.items():
+        run(con, f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+
+
+@contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    run(con, "BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        run(con, "ROLLBACK")
+        raise
+    else:
+        run(con, "COMMIT")
+
+
+def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame | Any) -> int:
+    """Insert a polars/arrow frame by column name; returns the number of rows inserted."""
+    if table not in TABLE_DDL:
+        raise WarehouseError(f"unknown table {table!r}")
+    n = len(frame)
+    if n == 0:
+        return 0
+    columns = list(frame.columns)
+    con.register("_purify_insert", frame)
+    try:
+        cols = ", ".join(f'"{c}"' for c in columns)
+        run(con, f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _purify_insert")
+    finally:
+        con.unregister("_purify_insert")
+    return n
+
+
+def replace_batch(con: duckdb.DuckDBPyConnection, table: str, batch_id: str, frame: pl.DataFrame | None) -> int:
+    """Delete one batch's rows of ``table`` and insert ``frame``, in the caller's transaction."""
+    run(con, f"DELETE FROM {table} WHERE batch_id = ?", [batch_id])
+    return 0 if frame is None else insert_frame(con, table, frame)
+
+
+def replace_table(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame | None, where: str = "", params: Sequence[Any] = ()) -> int:
+    """Delete rows of ``table`` (all, or those matching ``where``) and insert ``frame``."""
+    run(con, f"DELETE FROM {table} {('WHERE ' + where) if where else ''}", list(params))
+    return 0 if frame is None else insert_frame(con, table, frame)
+
+
+def table_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    return {t: int(scalar(con, f"SELECT count(*) FROM {t}")) for t in TABLE_DDL}
+
+
+def current_cycle(con: duckdb.DuckDBPyConnection) -> int:
+    """The latest cycle number (0 before the first clustering)."""
+    return int(scalar(con, "SELECT COALESCE(MAX(cycle), 0) FROM cycles"))
+
+
+def markdown_table(frame: pl.DataFrame, max_rows: int = 10, max_chars: int = 80) -> str:
+    """A small markdown preview of a frame for Dagster metadata."""
+    if frame.is_empty():
+        return "_(no rows)_"
+    head = frame.head(max_rows)
+
+    def cell(value: Any) -> str:
+        text = "" if value is None else str(value)
+        text = text.replace("\n", " ").replace("|", "\\|")
+        return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
+    for row in head.iter_rows():
+        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
+    if len(frame) > max_rows:
+        lines.append(f"\n_{len(frame) - max_rows} more rows_")
+    return "\n".join(lines)
+
+
+def frame(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
+    """Run a query and return a polars frame (parameters bound, never formatted into the SQL)."""
+    return con.sql(sql, params=list(params) if params else None).pl()

@@ -1,0 +1,235 @@
+"""Per-batch stages: ingest (raw_rows + quarantine), clean (clean_rows + rejected_rows), embed."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Any
+
+import duckdb
+import numpy as np
+import polars as pl
+
+from purify_assets.core import warehouse as wh
+from purify_assets.core.clean import CleanConfig, REASON_CODES, clean_row, compose_text, row_hash, text_hash
+from purify_assets.core.fields import FieldMapping, UnmappableError, detect_mapping, map_record
+from purify_assets.core.ingest import BatchReader, ParsedRecord, QuarantinedLine
+from purify_assets.core.landing import LandedBatch
+from purify_assets.stages import Log, StageReport, _no_log
+
+RAW_SCHEMA = {
+    "batch_id": pl.String, "row_id": pl.String, "source_file": pl.String, "line_no": pl.Int32,
+    "record_json": pl.String, "instruction": pl.String, "input": pl.String, "output": pl.String,
+    "turns": pl.Int32, "has_output": pl.Boolean,
+}
+QUARANTINE_SCHEMA = {"batch_id": pl.String, "source_file": pl.String, "line_no": pl.Int32, "error": pl.String, "raw": pl.String}
+
+
+class IngestError(ValueError):
+    """A batch that cannot be loaded at all (e.g. no column maps to an instruction)."""
+
+
+def row_id_for(batch_key: str, line_no: int) -> str:
+    return f"{batch_key}:{line_no:09d}"
+
+
+def ingest_batch(con: duckdb.DuckDBPyConnection, batch: LandedBatch, mapping_override: dict | None = None,
+                 chunk_rows: int = 50_000, log: Log = _no_log) -> StageReport:
+    """Parse the archived file of ``batch`` into ``raw_rows``; unparseable lines go to ``quarantine``."""
+    report = StageReport()
+    override = batch.mapping or mapping_override
+    reader = BatchReader(batch.archived_path)
+    mapping: FieldMapping | None = None
+    rows: list[tuple] = []
+    bad: list[tuple] = []
+    n_rows = n_bad = 0
+    started = time.perf_counter()
+
+    def flush() -> None:
+        nonlocal rows, bad
+        if rows:
+            wh.insert_frame(con, "raw_rows", pl.DataFrame(rows, schema=RAW_SCHEMA, orient="row"))
+        if bad:
+            wh.insert_frame(con, "quarantine", pl.DataFrame(bad, schema=QUARANTINE_SCHEMA, orient="row"))
+        rows, bad = [], []
+
+    with report.timed("parse_and_store"), wh.transaction(con):
+        for table in ("raw_rows", "quarantine", "batches"):
+            wh.run(con, f"DELETE FROM {table} WHERE batch_id = ?", [batch.batch_key])
+        for item in reader:
+            if isinstance(item, QuarantinedLine):
+                bad.append((batch.batch_key, batch.original_name, item.line_no, item.error, item.raw))
+                n_bad += 1
+            else:
+                assert isinstance(item, ParsedRecord)
+                if mapping is None:
+                    try:
+                        mapping = detect_mapping(list(item.record.keys()), override)
+                    except UnmappableError as exc:
+                        raise IngestError(f"{batch.original_name} (batch {batch.batch_key}), line {item.line_no}: {exc}") from exc
+                mapped = map_record(item.record, mapping)
+                rows.append((
+                    batch.batch_key, row_id_for(batch.batch_key, item.line_no), batch.original_name, item.line_no,
+                    json.dumps(item.record, ensure_ascii=False, default=str), mapped.instruction, mapped.input,
+                    mapped.output, mapped.turns, mapping.has_output,
+                ))
+                n_rows += 1
+            if len(rows) + len(bad) >= chunk_rows:
+                flush()
+                log(f"{batch.batch_key}: {n_rows:,} rows parsed, {n_bad:,} quarantined")
+        flush()
+        info = reader.info
+        wh.run(con, "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [batch.batch_key, batch.original_name, batch.sha256, batch.bytes, batch.archived_path, info.format,
+             info.encoding, info.compression, mapping.layout if mapping else None, n_rows, n_bad,
+             info.mojibake_repaired, datetime.now(timezone.utc).replace(tzinfo=None)],
+        )
+    elapsed = time.perf_counter() - started
+    report.counts.update(rows=n_rows, quarantined=n_bad, mojibake_repaired=info.mojibake_repaired)
+    report.values.update(
+        source_file=batch.original_name, sha256=batch.sha256, format=info.format, encoding=info.encoding,
+        compression=info.compression or "none", layout=mapping.layout if mapping else "none",
+        rows_per_second=round(n_rows / elapsed, 1) if elapsed > 0 else 0.0,
+    )
+    if info.notes:
+        report.markdown["reader_notes"] = "\n".join(f"- {n}" for n in info.notes)
+    report.markdown["preview"] = wh.markdown_table(wh.frame(con, "SELECT line_no, instruction, input, output FROM raw_rows WHERE batch_id = ? ORDER BY line_no LIMIT 5",
+        [batch.batch_key]))
+    if n_bad:
+        report.markdown["quarantine_preview"] = wh.markdown_table(wh.frame(con, "SELECT line_no, error, raw FROM quarantine WHERE batch_id = ? ORDER BY line_no LIMIT 10",
+            [batch.batch_key]))
+    return report
+
+
+CLEAN_SCHEMA = {
+    "batch_id": pl.String, "row_id": pl.String, "instruction": pl.String, "input": pl.String,
+    "output": pl.String, "text": pl.String, "text_hash": pl.String, "row_hash": pl.String, "lang": pl.String,
+    "n_chars": pl.Int32, "modifications": pl.List(pl.String), "pii_counts": pl.String,
+}
+REJECT_SCHEMA = {
+    "batch_id": pl.String, "row_id": pl.String, "reason": pl.String, "reasons": pl.List(pl.String),
+    "instruction": pl.String, "input": pl.String, "output": pl.String,
+}
+
+
+def clean_batch(con: duckdb.DuckDBPyConnection, batch_id: str, clean_params: dict[str, Any], text_template: str,
+                chunk_rows: int = 50_000, log: Log = _no_log) -> StageReport:
+    """Normalize and filter one batch: kept rows to ``clean_rows``, removed rows to ``rejected_rows``."""
+    report = StageReport()
+    config = CleanConfig.from_dict(clean_params)
+    reasons: Counter[str] = Counter()
+    modifications: Counter[str] = Counter()
+    pii: Counter[str] = Counter()
+    examples: dict[str, list[tuple]] = {}
+    n_in = n_kept = n_rejected = 0
+    reader = con.cursor()
+    started = time.perf_counter()
+    with report.timed("clean"), wh.transaction(con):
+        wh.run(con, "DELETE FROM clean_rows WHERE batch_id = ?", [batch_id])
+        wh.run(con, "DELETE FROM rejected_rows WHERE batch_id = ?", [batch_id])
+        result = reader.execute(
+            "SELECT row_id, instruction, input, output, has_output FROM raw_rows WHERE batch_id = ? ORDER BY row_id",
+            [batch_id])
+        while True:
+            chunk = result.fetchmany(chunk_rows)
+            if not chunk:
+                break
+            kept: list[tuple] = []
+            rejected: list[tuple] = []
+            for row_id, instruction, input_, output, has_output in chunk:
+                n_in += 1
+                out = clean_row(instruction, input_, output, config, has_output=bool(has_output))
+                modifications.update(out.modifications)
+                pii.update(out.pii_counts)
+                if out.kept:
+                    text = compose_text(out.instruction, out.input, out.output, text_template)
+                    kept.append((batch_id, row_id, out.instruction, out.input, out.output, text, text_hash(text),
+                                 row_hash(out.instruction, out.input, out.output), out.lang, len(text),
+                                 list(out.modifications), json.dumps(out.pii_counts) if out.pii_counts else None))
+                else:
+                    reasons.update(out.reasons[:1])
+                    rejected.append((batch_id, row_id, out.reasons[0], list(out.reasons), out.instruction, out.input, out.output))
+                    bucket = examples.setdefault(out.reasons[0], [])
+                    if len(bucket) < 3:
+                        bucket.append((row_id, out.instruction, out.output))
+            wh.insert_frame(con, "clean_rows", pl.DataFrame(kept, schema=CLEAN_SCHEMA, orient="row"))
+            wh.insert_frame(con, "rejected_rows", pl.DataFrame(rejected, schema=REJECT_SCHEMA, orient="row"))
+            n_kept += len(kept)
+            n_rejected += len(rejected)
+            log(f"{batch_id}: cleaned {n_in:,} rows ({n_kept:,} kept, {n_rejected:,} rejected)")
+    reader.close()
+    elapsed = time.perf_counter() - started
+    report.counts.update(rows_in=n_in, kept=n_kept, rejected=n_rejected)
+    report.counts.update({f"rejected.{k}": v for k, v in sorted(reasons.items())})
+    report.counts.update({f"modified.{k}": v for k, v in sorted(modifications.items())})
+    report.counts.update({f"pii.{k}": v for k, v in sorted(pii.items())})
+    report.values["rows_per_second"] = round(n_in / elapsed, 1) if elapsed > 0 else 0.0
+    report.values["rejection_rate"] = round(n_rejected / n_in, 4) if n_in else 0.0
+    if reasons:
+        lines = ["| reason | rows | meaning |", "|---|---|---|"]
+        lines += [f"| `{r}` | {c} | {REASON_CODES.get(r, '')} |" for r, c in reasons.most_common()]
+        report.markdown["rejections_by_reason"] = "\n".join(lines)
+        ex = [(reason, *e) for reason, items in examples.items() for e in items]
+        report.markdown["rejection_examples"] = wh.markdown_table(
+            pl.DataFrame(ex, schema=["reason", "row_id", "instruction", "output"], orient="row"), max_rows=30)
+    report.markdown["preview"] = wh.markdown_table(wh.frame(con, "SELECT row_id, lang, text FROM clean_rows WHERE batch_id = ? ORDER BY row_id LIMIT 5", [batch_id]))
+    empty_kept = wh.scalar(con, "SELECT count(*) FROM clean_rows WHERE batch_id = ? AND (text IS NULL OR trim(text) = '')", [batch_id])
+    report.checks["no_empty_text_kept"] = (empty_kept == 0, f"{empty_kept} kept rows have empty text")
+    max_rate = float(clean_params.get("max_rejection_rate", 0.5)) if isinstance(clean_params, dict) else 0.5
+    rate = report.values["rejection_rate"]
+    report.checks["rejection_rate_below_threshold"] = (rate <= max_rate, f"rejection rate {rate:.1%} (threshold {max_rate:.0%})")
+    report.checks["rows_accounted_for"] = (n_in == n_kept + n_rejected, f"{n_in} in = {n_kept} kept + {n_rejected} rejected")
+    return report
+
+
+def vectors_to_frame(vectors: np.ndarray) -> pl.Series:
+    return pl.Series("vector", vectors.astype(np.float32, copy=False)).cast(pl.List(pl.Float32))
+
+
+def embed_batch(con: duckdb.DuckDBPyConnection, batch_id: str, embedder: Any, chunk_texts: int = 2048,
+                log: Log = _no_log) -> StageReport:
+    """Vectors for one batch; texts this model already embedded (any batch) come from the warehouse."""
+    report = StageReport()
+    model_id = embedder.model_id
+    rows = wh.frame(con, "SELECT row_id, text_hash, text FROM clean_rows WHERE batch_id = ? ORDER BY row_id", [batch_id])
+    unique = rows.unique("text_hash", keep="first", maintain_order=True)
+    con.register("_wanted", unique.select("text_hash"))
+    try:
+        cached = wh.frame(
+            con, "SELECT e.text_hash, any_value(e.vector) AS vector FROM embeddings e JOIN _wanted w USING (text_hash) "
+            "WHERE e.model_id = ? GROUP BY e.text_hash", [model_id])
+    finally:
+        con.unregister("_wanted")
+    missing = unique.join(cached.select("text_hash"), on="text_hash", how="anti")
+    texts = missing["text"].to_list()
+    started = time.perf_counter()
+    parts: list[np.ndarray] = []
+    with report.timed("embed"):
+        for i in range(0, len(texts), chunk_texts):
+            parts.append(embedder.embed(texts[i:i + chunk_texts]))
+            done = min(i + chunk_texts, len(texts))
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            log(f"{batch_id}: embedded {done:,}/{len(texts):,} texts ({rate:,.0f}/s, ETA {(len(texts) - done) / rate:,.0f}s)")
+    elapsed = time.perf_counter() - started
+    new = pl.DataFrame({"text_hash": missing["text_hash"]})
+    if texts:
+        new = new.with_columns(vectors_to_frame(np.vstack(parts)))
+    else:
+        new = new.with_columns(pl.Series("vector", [], dtype=pl.List(pl.Float32)))
+    lookup = pl.concat([cached.with_columns(pl.col("vector").cast(pl.List(pl.Float32))), new])
+    frame = rows.select("row_id", "text_hash").join(lookup, on="text_hash", how="left").select(
+        pl.lit(batch_id).alias("batch_id"), "row_id", pl.lit(model_id).alias("model_id"), "text_hash", "vector")
+    with report.timed("store"), wh.transaction(con):
+        wh.run(con, "DELETE FROM embeddings WHERE batch_id = ? AND model_id = ?", [batch_id, model_id])
+        wh.insert_frame(con, "embeddings", frame)
+    report.counts.update(rows=len(rows), unique_texts=len(unique), cache_hits=len(cached), embedded=len(texts))
+    report.values.update(model_id=model_id, dim=int(getattr(embedder, "dim", 0) or 0),
+                         rows_per_second=round(len(texts) / elapsed, 1) if texts and elapsed > 0 else 0.0)
+    usage = getattr(embedder, "usage", None)
+    if usage:
+        report.values.update({f"usage.{k}": v for k, v in usage.items()})
+    missing_vectors = frame["vector"].null_count()
+    report.checks["every_row_has_a_vector"] = (missing_vectors == 0, f"{missing_vectors} rows without a vector")
+    return report

@@ -1,0 +1,468 @@
+"""Global stages, one purification cycle: dedup -> cluster -> project / measure -> review -> publish.
+
+Every cycle starts at ``cluster_rows``, which numbers it (``cycles`` table) and records the
+parameter version and hash it ran with. Later stages work on the latest cycle.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import polars as pl
+
+from purify_assets.core import warehouse as wh
+from purify_assets.core.params import ParamsStore, ParamsVersion, deep_merge
+from purify_assets.stages import Log, StageReport, _no_log
+
+REMOVING_KINDS = ("exact", "near", "semantic")
+
+
+def _vectors(frame: pl.DataFrame, column: str = "vector") -> np.ndarray:
+    if frame.is_empty():
+        return np.zeros((0, 0), dtype=np.float32)
+    dim = len(frame[column][0])
+    return frame[column].list.to_array(dim).to_numpy().astype(np.float32, copy=False)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+# --------------------------------------------------------------------------------------------- dedup
+def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], model_id: str, log: Log = _no_log) -> StageReport:
+    """Duplicate sets over every kept row of every batch (exact, then near / semantic when enabled)."""
+    from purify_assets.core import dedup
+
+    report = StageReport()
+    rows = wh.frame(con, "SELECT row_id, row_hash, text, coalesce(length(output), 0) AS response_length "
+                         "FROM clean_rows ORDER BY row_id")
+    frames: list[pl.DataFrame] = []
+    with report.timed("exact"):
+        frames.append(dedup.exact_duplicates(rows["row_id"].to_list(), rows["row_hash"].to_list(),
+                                             rows["response_length"].to_list()))
+    if dedup_params.get("near", False) and hasattr(dedup, "near_duplicates"):
+        with report.timed("near"):
+            sigs = dedup.minhash_signatures(rows["text"].to_list(), num_perm=int(dedup_params.get("num_perm", 128)))
+            frames.append(dedup.near_duplicates(rows["row_id"].to_list(), sigs,
+                                                threshold=float(dedup_params.get("near_threshold", 0.7)),
+                                                num_perm=int(dedup_params.get("num_perm", 128)),
+                                                response_lengths=rows["response_length"].to_list()))
+    if dedup_params.get("semantic", False) and hasattr(dedup, "semantic_duplicates"):
+        with report.timed("semantic"):
+            emb = wh.frame(con, "SELECT e.row_id, e.vector, coalesce(length(c.output), 0) AS response_length "
+                                "FROM embeddings e JOIN clean_rows c USING (row_id, text_hash) "
+                                "WHERE e.model_id = ? ORDER BY e.row_id", [model_id])
+            frames.append(dedup.semantic_duplicates(emb["row_id"].to_list(), _vectors(emb),
+                                                    threshold=float(dedup_params.get("semantic_threshold", 0.95)),
+                                                    response_lengths=emb["response_length"].to_list()))
+    sets = pl.concat([f.select(dedup.DEDUP_COLUMNS).cast(dedup.DEDUP_SCHEMA) for f in frames]) if frames else None
+    if sets is not None and hasattr(dedup, "combine_sets") and len(frames) > 1:
+        sets = dedup.combine_sets(*frames)
+    with report.timed("store"), wh.transaction(con):
+        wh.replace_table(con, "dedup_sets", sets)
+    summary = wh.frame(con, "SELECT kind, count(DISTINCT set_id) AS sets, count(*) FILTER (WHERE NOT is_representative) "
+                            "AS rows_removed FROM dedup_sets GROUP BY kind ORDER BY kind")
+    report.counts["rows_considered"] = len(rows)
+    for kind, n_sets, n_removed in summary.iter_rows():
+        report.counts[f"{kind}.sets"] = int(n_sets)
+        report.counts[f"{kind}.rows_removed_or_flagged"] = int(n_removed)
+    removed = wh.scalar(con, "SELECT count(DISTINCT row_id) FROM dedup_sets WHERE NOT is_representative AND kind IN "
+                          "('exact', 'near', 'semantic')")
+    report.counts["rows_removed"] = int(removed)
+    report.counts["rows_kept"] = len(rows) - int(removed)
+    report.markdown["sets_by_kind"] = wh.markdown_table(summary)
+    report.markdown["largest_sets"] = wh.markdown_table(wh.frame(con, """
+        SELECT d.set_id, d.kind, count(*) AS members, any_value(c.text) FILTER (WHERE d.is_representative) AS representative
+        FROM dedup_sets d JOIN clean_rows c USING (row_id) GROUP BY d.set_id, d.kind ORDER BY members DESC, d.set_id LIMIT 10"""))
+    return report
+
+
+def kept_rows_sql() -> str:
+    """Rows that enter clustering: cleaned, embedded by the current model, not a removed duplicate."""
+    return """
+        SELECT e.row_id, e.vector FROM embeddings e
+        JOIN clean_rows c USING (row_id, text_hash)
+        WHERE e.model_id = $model_id
+          AND e.row_id NOT IN (SELECT row_id FROM dedup_sets WHERE NOT is_representative AND kind IN ('exact', 'near', 'semantic'))
+          AND e.row_id NOT IN (SELECT l.row_id FROM cluster_labels l JOIN _dropped d ON l.cycle = d.cycle AND l.cluster = d.cluster)
+        ORDER BY e.row_id"""
+
+
+# ------------------------------------------------------------------------------------------- cluster
+def cluster_rows(con: duckdb.DuckDBPyConnection, params: ParamsVersion, model_id: str, log: Log = _no_log) -> StageReport:
+    """Cluster the kept rows; opens a new cycle numbered after the last one."""
+    from purify_assets.core.clustering import fit_clusters
+
+    report = StageReport()
+    cluster_params = dict(params.params["cluster"])
+    drops = cluster_params.pop("drop_clusters", []) or []
+    dropped = pl.DataFrame(
+        {"cycle": [int(d["cycle"]) for d in drops], "cluster": [int(d["cluster"]) for d in drops]},
+        schema={"cycle": pl.Int32, "cluster": pl.Int32})
+    con.register("_dropped", dropped)
+    try:
+        with report.timed("load"):
+            data = con.sql(kept_rows_sql(), params={"model_id": model_id}).pl()
+    finally:
+        con.unregister("_dropped")
+    if data.is_empty():
+        raise ValueError(f"no rows to cluster: no kept row has an embedding from model {model_id!r}; "
+                         "materialize raw_rows, clean_rows and embeddings for at least one batch first")
+    vectors = _vectors(data)
+    log(f"clustering {len(data):,} rows of dimension {vectors.shape[1]} with {cluster_params.get('algorithm', 'kmeans')}")
+    with report.timed("fit"):
+        result = fit_clusters(vectors, cluster_params)
+    cycle = wh.current_cycle(con) + 1
+    labels = pl.DataFrame({
+        "cycle": pl.Series([cycle] * len(data), dtype=pl.Int32), "row_id": data["row_id"],
+        "cluster": pl.Series(result.labels.astype(np.int32)), "strength": pl.Series(result.strength.astype(np.float32)),
+    }).with_columns(pl.lit(str(cluster_params.get("algorithm", "kmeans"))).alias("algorithm"),
+                    pl.lit(params.hash).alias("params_hash"))
+    sizes = Counter(result.labels.tolist())
+    with report.timed("store"), wh.transaction(con):
+        wh.replace_table(con, "cluster_labels", labels, "cycle = ?", [cycle])
+        wh.run(con, "INSERT INTO cycles (cycle, params_version, params_hash, started_at, rows_clustered, n_clusters, state) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 'clustered')",
+                    [cycle, params.version, params.hash, _now(), len(data), len([c for c in sizes if c >= 0])])
+    report.counts.update(cycle=cycle, rows_clustered=len(data), clusters=len([c for c in sizes if c >= 0]),
+                         noise_rows=int(sizes.get(-1, 0)), rows_dropped_by_review=len(drops) and int(
+                             wh.scalar(con, "SELECT count(*) FROM cluster_labels l JOIN (SELECT UNNEST(?::INT[]) AS cy, "
+                                         "UNNEST(?::INT[]) AS cl) d ON l.cycle = d.cy AND l.cluster = d.cl",
+                                         [dropped["cycle"].to_list(), dropped["cluster"].to_list()])))
+    report.values.update(params_version=params.version, params_hash=params.hash, model_id=model_id,
+                         algorithm=str(cluster_params.get("algorithm", "kmeans")))
+    report.values.update({f"info.{k}": v for k, v in result.info.items() if isinstance(v, (int, float, str, bool))})
+    size_table = pl.DataFrame({"cluster": list(sizes), "rows": list(sizes.values())}).sort("cluster")
+    report.markdown["cluster_sizes"] = wh.markdown_table(size_table, max_rows=50)
+    return report
+
+
+def latest_cycle_or_fail(con: duckdb.DuckDBPyConnection) -> int:
+    cycle = wh.current_cycle(con)
+    if cycle == 0:
+        raise ValueError("no clustering cycle yet: materialize cluster_labels first")
+    return cycle
+
+
+def _labelled(con: duckdb.DuckDBPyConnection, cycle: int, model_id: str, with_text: bool = False) -> pl.DataFrame:
+    extra = ", c.text, c.instruction, c.output, c.lang" if with_text else ""
+    return wh.frame(con, f"""
+        SELECT l.row_id, l.cluster, l.strength, e.vector{extra} FROM cluster_labels l
+        JOIN embeddings e ON e.row_id = l.row_id AND e.model_id = ?
+        JOIN clean_rows c ON c.row_id = l.row_id AND c.text_hash = e.text_hash
+        WHERE l.cycle = ? ORDER BY l.row_id""", [model_id, cycle])
+
+
+# ------------------------------------------------------------------------------------------- project
+def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any], model_id: str, plots_dir: Path,
+                 log: Log = _no_log) -> StageReport:
+    """2-D and 3-D coordinates per method for the latest cycle, with a PNG and an HTML plot per method."""
+    from purify_assets.core.plots import scatter_3d_html, scatter_png
+    from purify_assets.core.projection import project
+
+    report = StageReport()
+    cycle = latest_cycle_or_fail(con)
+    data = _labelled(con, cycle, model_id, with_text=True)
+    vectors = _vectors(data)
+    labels = data["cluster"].to_numpy()
+    frames = []
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    seed = int(project_params.get("seed", 0))
+    fit_sample = int(project_params.get("fit_sample", 20000))
+    for method in project_params.get("methods", ["pca", "umap"]):
+        for dims in (2, 3):
+            log(f"projecting {len(data):,} rows with {method} to {dims}-D")
+            with report.timed(f"{method}_{dims}d"):
+                coords = project(vectors, method, dims, seed=seed, fit_sample=fit_sample)
+            frames.append(pl.DataFrame({
+                "cycle": pl.Series([cycle] * len(data), dtype=pl.Int32), "row_id": data["row_id"],
+                "method": [method] * len(data), "dims": pl.Series([dims] * len(data), dtype=pl.Int32),
+                "x": coords[:, 0], "y": coords[:, 1],
+                "z": coords[:, 2] if dims == 3 else pl.Series([None] * len(data), dtype=pl.Float32),
+                "cluster": pl.Series(labels.astype(np.int32)),
+            }))
+            if dims == 2:
+                png = scatter_png(coords, labels, f"cycle {cycle}: {method.upper()} 2-D, {len(data):,} rows")
+                report.images[f"{method}_2d"] = png
+                (plots_dir / f"cycle{cycle}_{method}_2d.png").write_bytes(png)
+            else:
+                html = scatter_3d_html(coords, labels, data["text"].str.slice(0, 120).to_list(),
+                                       f"cycle {cycle}: {method.upper()} 3-D")
+                path = plots_dir / f"cycle{cycle}_{method}_3d.html"
+                path.write_text(html, "utf-8")
+                report.files[f"{method}_3d_html"] = str(path)
+    with report.timed("store"), wh.transaction(con):
+        wh.replace_table(con, "projections", pl.concat(frames) if frames else None)
+    report.counts.update(cycle=cycle, rows=len(data), projections=len(frames))
+    return report
+
+
+# ------------------------------------------------------------------------------------------- measure
+def _long_metrics(cycle: int, scope: str, setting: str, cluster: int | None, values: dict[str, Any], params_hash: str) -> list[tuple]:
+    out = []
+    for name, value in values.items():
+        if isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, (int, float, np.floating, np.integer)):
+            out.append((cycle, scope, setting, cluster, name, float(value), params_hash))
+    return out
+
+
+METRIC_SCHEMA = {"cycle": pl.Int32, "scope": pl.String, "setting": pl.String, "cluster": pl.Int32,
+                 "metric": pl.String, "value": pl.Float64, "params_hash": pl.String}
+
+
+def measure_clusters(con: duckdb.DuckDBPyConnection, measure_params: dict[str, Any], model_id: str,
+                     log: Log = _no_log) -> StageReport:
+    """Global and per-cluster metrics for the latest cycle (and a k sweep when configured)."""
+    from purify_assets.core import metrics as m
+    from purify_assets.core.plots import scatter_png
+    from purify_assets.core.projection import project
+
+    report = StageReport()
+    cycle = latest_cycle_or_fail(con)
+    params_hash = wh.scalar(con, "SELECT params_hash FROM cycles WHERE cycle = ?", [cycle])
+    data = _labelled(con, cycle, model_id)
+    vectors = _vectors(data)
+    labels = data["cluster"].to_numpy()
+    sample = int(measure_params.get("silhouette_sample", 5000))
+    with report.timed("global"):
+        glob = m.global_metrics(vectors, labels, sample_size=sample, seed=0)
+    with report.timed("per_cluster"):
+        per = m.per_cluster_metrics(vectors, labels, sample_size=sample, seed=0)
+    rows = _long_metrics(cycle, "global", "current", None, glob, params_hash)
+    for item in per:
+        rows += _long_metrics(cycle, "cluster", "current", int(item["cluster"]), item, params_hash)
+    sweep = measure_params.get("k_sweep") or []
+    if sweep and hasattr(m, "k_sweep") is False:
+        pass
+    if sweep:
+        from purify_assets.core.clustering import k_sweep
+        with report.timed("k_sweep"):
+            for item in k_sweep(vectors, [int(k) for k in sweep], seed=0, sample_size=sample):
+                rows += _long_metrics(cycle, "sweep", f"k={item['k']}", None, item, params_hash)
+    frame = pl.DataFrame(rows, schema=METRIC_SCHEMA, orient="row")
+    with report.timed("store"), wh.transaction(con):
+        wh.replace_table(con, "cluster_metrics", frame, "cycle = ?", [cycle])
+        wh.run(con, "UPDATE cycles SET silhouette = ?, davies_bouldin = ?, calinski_harabasz = ?, state = 'measured' "
+                    "WHERE cycle = ?", [_f(glob.get("silhouette")), _f(glob.get("davies_bouldin")),
+                                        _f(glob.get("calinski_harabasz")), cycle])
+    report.counts.update(cycle=cycle, rows=len(data), clusters=len(per))
+    report.values.update({k: _f(v) for k, v in glob.items() if isinstance(v, (int, float, np.floating, np.integer))})
+    per_frame = pl.DataFrame([{k: v for k, v in item.items() if not isinstance(v, (list, dict, np.ndarray))} for item in per])
+    report.markdown["per_cluster"] = wh.markdown_table(per_frame, max_rows=60)
+    report.markdown["cycles"] = wh.markdown_table(cycle_history(con))
+    if len(data) >= 3:
+        coords = project(vectors, "pca", 2, seed=0)
+        report.images["pca_2d"] = scatter_png(coords, labels, f"cycle {cycle}: clusters on PCA 2-D")
+    sil = glob.get("silhouette")
+    min_sil = float(measure_params.get("min_silhouette", 0.02))
+    report.checks["silhouette_above_minimum"] = (sil is not None and sil == sil and sil >= min_sil,
+                                                 f"silhouette {sil} (minimum {min_sil})")
+    noise = float(glob.get("noise_fraction", 0.0))
+    max_noise = float(measure_params.get("max_noise_fraction", 0.3))
+    report.checks["noise_fraction_below_maximum"] = (noise <= max_noise, f"noise fraction {noise:.1%} (maximum {max_noise:.0%})")
+    return report
+
+
+def _f(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if value != value else value
+
+
+def cycle_history(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    return wh.frame(con, "SELECT cycle, params_version, rows_clustered, n_clusters, round(silhouette, 4) AS silhouette, "
+                         "round(davies_bouldin, 3) AS davies_bouldin, round(calinski_harabasz, 1) AS calinski_harabasz, "
+                         "recommendation, proposed_version, state FROM cycles ORDER BY cycle")
+
+
+# -------------------------------------------------------------------------------------------- review
+def review_clusters(con: duckdb.DuckDBPyConnection, params: ParamsVersion, store: ParamsStore, model_id: str,
+                    cache_dir: Path, log: Log = _no_log) -> StageReport:
+    """Review every cluster of the latest cycle and turn the recommendations into the next parameters."""
+    from purify_assets.core import metrics as m
+    from purify_assets.core import review as rv
+
+    report = StageReport()
+    cycle = latest_cycle_or_fail(con)
+    data = _labelled(con, cycle, model_id, with_text=True)
+    vectors = _vectors(data)
+    labels = data["cluster"].to_numpy()
+    metric_rows = wh.frame(con, "SELECT scope, cluster, metric, value FROM cluster_metrics WHERE cycle = ? AND setting = 'current'", [cycle])
+    glob = {r["metric"]: r["value"] for r in metric_rows.filter(pl.col("scope") == "global").iter_rows(named=True)}
+    per: dict[int, dict[str, float]] = {}
+    for r in metric_rows.filter(pl.col("scope") == "cluster").iter_rows(named=True):
+        per.setdefault(int(r["cluster"]), {})[r["metric"]] = r["value"]
+    review_cfg = dict(params.params.get("review", {}))
+    with report.timed("evidence"):
+        cards = m.cluster_cards(vectors, labels, data["row_id"].to_list(), data["text"].to_list(),
+                                n_central=int(review_cfg.get("n_central", 5)), n_boundary=int(review_cfg.get("n_boundary", 3)))
+        evidence = rv.build_evidence(data, cards, per)
+    review_cfg.setdefault("cache_dir", str(cache_dir))
+    reviewer = rv.make_reviewer(review_cfg)
+    log(f"reviewing {len(evidence)} clusters with {getattr(reviewer, 'reviewer_id', type(reviewer).__name__)}")
+    with report.timed("review"):
+        outcome = reviewer.review(evidence, glob)
+    review = outcome.review
+    rows = []
+    for c in review["clusters"]:
+        rows.append((cycle, "cluster", int(c["cluster"]), c.get("name"), c.get("task_type"), c.get("quality"), c.get("verdict"),
+                     c.get("merge_with"), json.dumps(c.get("reasons", []), ensure_ascii=False),
+                     json.dumps(c.get("problem_row_ids", []), ensure_ascii=False), outcome.reviewer_id, outcome.prompt_hash,
+                     json.dumps(c, ensure_ascii=False)))
+    g = review["global"]
+    rows.append((cycle, "global", None, None, None, None, g.get("k_recommendation"), None,
+                 json.dumps(g.get("reasons", []), ensure_ascii=False), "[]", outcome.reviewer_id, outcome.prompt_hash,
+                 json.dumps({"global": g, "usage": outcome.usage, "failures": outcome.failures}, ensure_ascii=False)))
+    frame = pl.DataFrame(rows, orient="row", schema={
+        "cycle": pl.Int32, "scope": pl.String, "cluster": pl.Int32, "name": pl.String, "task_type": pl.String,
+        "quality": pl.Int32, "verdict": pl.String, "merge_with": pl.Int32, "reasons": pl.String,
+        "problem_row_ids": pl.String, "reviewer": pl.String, "prompt_hash": pl.String, "review_json": pl.String})
+
+    decision = decide_next_params(con, cycle, params, store, review)
+    with report.timed("store"), wh.transaction(con):
+        wh.replace_table(con, "cluster_reviews", frame, "cycle = ?", [cycle])
+        wh.run(con, "UPDATE cycles SET recommendation = ?, proposed_version = ?, state = ?, note = ? WHERE cycle = ?",
+                    [g.get("k_recommendation"), decision["version"], decision["state"], decision["note"], cycle])
+    verdicts = Counter(c["verdict"] for c in review["clusters"])
+    report.counts.update(cycle=cycle, clusters_reviewed=len(review["clusters"]), failures=len(outcome.failures))
+    report.counts.update({f"verdict.{k}": v for k, v in sorted(verdicts.items())})
+    report.values.update(reviewer=outcome.reviewer_id, prompt_hash=outcome.prompt_hash, params_version=params.version,
+                         k_recommendation=str(g.get("k_recommendation")), next_state=decision["state"],
+                         proposed_version=decision["version"] or 0, note=decision["note"])
+    report.values.update({f"usage.{k}": v for k, v in (outcome.usage or {}).items() if isinstance(v, (int, float))})
+    report.markdown["reviews"] = wh.markdown_table(frame.filter(pl.col("scope") == "cluster").select(
+        "cluster", "name", "task_type", "quality", "verdict", "merge_with", "reasons"), max_rows=60, max_chars=120)
+    report.markdown["global"] = "\n".join(f"- {r}" for r in g.get("reasons", [])) or "_no reasons given_"
+    report.markdown["cycles"] = wh.markdown_table(cycle_history(con))
+    return report
+
+
+def review_chain_length(store: ParamsStore, version: int) -> int:
+    """How many review-sourced versions lead to ``version`` since the last user or default version."""
+    n = 0
+    current = store.get(version)
+    while current.source == "review" and current.parent is not None:
+        n += 1
+        current = store.get(current.parent)
+    return n
+
+
+def decide_next_params(con: duckdb.DuckDBPyConnection, cycle: int, params: ParamsVersion, store: ParamsStore,
+                       review: dict[str, Any]) -> dict[str, Any]:
+    """Apply the cycle policy to a review: propose, auto-approve, or stop (converged / capped / worse)."""
+    from purify_assets.core.review import propose_params
+
+    cycle_cfg = params.params.get("cycle", {})
+    max_cycles = int(cycle_cfg.get("max_cycles", 3))
+    policy = str(cycle_cfg.get("policy", "auto"))
+    prev = ((wh.run(con, "SELECT silhouette FROM cycles WHERE cycle < ? AND silhouette IS NOT NULL ORDER BY cycle DESC LIMIT 1",
+                       [cycle]) or [None])[0])
+    now = ((wh.run(con, "SELECT silhouette FROM cycles WHERE cycle = ?", [cycle]) or [None])[0])
+    tolerance = float(cycle_cfg.get("min_improvement", -0.01))
+    if (params.source == "review" and prev and now and prev[0] is not None and now[0] is not None
+            and now[0] - prev[0] < tolerance and cycle_cfg.get("stop_if_worse", True)):
+        return {"version": None, "state": "stopped_metrics_worse",
+                "note": f"silhouette went from {prev[0]:.4f} to {now[0]:.4f}; not applying further recommendations"}
+    proposal = propose_params(review, params.params)
+    if proposal is None:
+        return {"version": None, "state": "converged", "note": "the reviewer recommends no change"}
+    new_params, reasons = proposal
+    for drop in new_params.get("cluster", {}).get("drop_clusters", []):
+        drop.setdefault("cycle", cycle)
+    if review_chain_length(store, params.version) + 1 >= max_cycles:
+        return {"version": None, "state": "cycle_cap_reached",
+                "note": f"{max_cycles} cycles reached (cycle.max_cycles); recommendation not applied: {'; '.join(reasons)}"}
+    status = "approved" if policy == "auto" else "proposed"
+    pv = store.write(new_params, source="review", reason=f"cycle {cycle}: " + "; ".join(reasons), status=status,
+                     parent=params.version)
+    state = "applied" if status == "approved" else "awaiting_approval"
+    return {"version": pv.version, "state": state, "note": "; ".join(reasons)}
+
+
+# ------------------------------------------------------------------------------------------- publish
+def _safe_name(text: str) -> str:
+    slug = re.sub(r"[^\w.-]+", "_", text, flags=re.UNICODE).strip("_.")
+    return slug[:60] or "cluster"
+
+
+def publish_dataset(con: duckdb.DuckDBPyConnection, exports_dir: Path, plots_dir: Path, log: Log = _no_log) -> StageReport:
+    """The purified rows of the latest reviewed cycle, exported per cluster, with a dataset card."""
+    report = StageReport()
+    cycle = latest_cycle_or_fail(con)
+    reviews = wh.frame(con, "SELECT cluster, name, task_type, verdict FROM cluster_reviews WHERE cycle = ? AND scope = 'cluster'", [cycle])
+    if reviews.is_empty():
+        raise ValueError(f"cycle {cycle} has no cluster reviews yet: materialize cluster_reviews first")
+    con.register("_reviews", reviews)
+    try:
+        rows = wh.frame(con, """
+            SELECT ?::INT AS cycle, l.row_id, c.batch_id, l.cluster, r.name AS cluster_name, r.task_type,
+                   c.instruction, c.input, c.output, raw.record_json, r.verdict
+            FROM cluster_labels l JOIN clean_rows c USING (row_id) JOIN raw_rows raw USING (row_id)
+            LEFT JOIN _reviews r ON r.cluster = l.cluster
+            WHERE l.cycle = ? ORDER BY l.row_id""", [cycle, cycle])
+    finally:
+        con.unregister("_reviews")
+    dropped = rows.filter(pl.col("verdict") == "drop")
+    kept = rows.filter((pl.col("verdict") != "drop") | pl.col("verdict").is_null())
+    out = kept.drop("verdict")
+    with report.timed("store"), wh.transaction(con):
+        wh.replace_table(con, "purified_dataset", out)
+    folder = exports_dir / f"cycle_{cycle:03d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    with report.timed("export"):
+        for old in folder.glob("*"):
+            old.unlink()
+        for (cluster, name), part in out.group_by(["cluster", "cluster_name"], maintain_order=True):
+            stem = f"cluster_{int(cluster):03d}_{_safe_name(str(name or 'unnamed'))}"
+            part.write_ndjson(folder / f"{stem}.jsonl")
+            part.write_parquet(folder / f"{stem}.parquet")
+        out.write_ndjson(folder / "purified_all.jsonl")
+    card = dataset_card(con, cycle, out, dropped, plots_dir)
+    (folder / "DATASET_CARD.md").write_text(card, "utf-8")
+    latest = exports_dir / "latest"
+    if latest.is_symlink() or latest.exists():
+        latest.unlink()
+    try:
+        latest.symlink_to(folder.name)
+    except OSError:
+        pass
+    report.counts.update(cycle=cycle, rows_published=len(out), rows_in_dropped_clusters=len(dropped),
+                         clusters_published=out["cluster"].n_unique() if len(out) else 0)
+    report.files.update(export_folder=str(folder), dataset_card=str(folder / "DATASET_CARD.md"))
+    report.markdown["dataset_card"] = card
+    report.checks["every_published_row_has_a_cluster"] = (out["cluster"].null_count() == 0, "published rows without a cluster")
+    return report
+
+
+def dataset_card(con: duckdb.DuckDBPyConnection, cycle: int, out: pl.DataFrame, dropped: pl.DataFrame, plots_dir: Path) -> str:
+    counts = wh.table_counts(con)
+    reasons = wh.frame(con, "SELECT reason, count(*) AS rows FROM rejected_rows GROUP BY reason ORDER BY rows DESC")
+    dups = wh.frame(con, "SELECT kind, count(*) FILTER (WHERE NOT is_representative) AS rows FROM dedup_sets GROUP BY kind ORDER BY kind")
+    per_cluster = out.group_by(["cluster", "cluster_name", "task_type"]).len("rows").sort("cluster")
+    lines = [
+        f"# Purified dataset, cycle {cycle}", "",
+        f"Generated {_now():%Y-%m-%d %H:%M} UTC by purify.", "",
+        "## Row accounting", "",
+        f"- raw rows: {counts['raw_rows']:,}; quarantined lines: {counts['quarantine']:,}",
+        f"- rejected by cleaning: {counts['rejected_rows']:,}; kept after cleaning: {counts['clean_rows']:,}",
+        f"- rows in clusters the review dropped: {len(dropped):,}; published: {len(out):,}", "",
+        "## Removed by cleaning, per reason", "", wh.markdown_table(reasons, max_rows=50), "",
+        "## Duplicates, per kind", "", wh.markdown_table(dups), "",
+        "## Clusters (task types)", "", wh.markdown_table(per_cluster, max_rows=100), "",
+        "## Cycles", "", wh.markdown_table(cycle_history(con)), "",
+    ]
+    png = sorted(plots_dir.glob(f"cycle{cycle}_*_2d.png"))
+    if png:
+        lines += ["## 2-D projection", "", f"![2-D projection]({png[0].resolve()})", ""]
+    return "\n".join(lines)
