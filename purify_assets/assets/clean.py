@@ -5,7 +5,7 @@ from dagster import AssetCheckSpec, AssetDep, AssetExecutionContext, AssetSpec, 
 from purify_assets.assets._report import WAREHOUSE_POOL, check_results, metadata_for
 from purify_assets.automation.partitions import batch_partitions
 from purify_assets.resources import PurifyParams, PurifyWarehouse
-from purify_assets.stages.batch import clean_batch
+from purify_assets.stages.batch import clean_batch, flagged_by_review
 
 CLEAN_CHECKS = ["no_empty_text_kept", "rejection_rate_below_threshold", "rows_accounted_for"]
 
@@ -24,7 +24,8 @@ def clean_rows(context: AssetExecutionContext, warehouse: PurifyWarehouse, param
     pv = params.current()
     with warehouse.connect() as con:
         report = clean_batch(con, context.partition_key, pv.params.get("clean") or {},
-                             pv.params["embed"].get("text_template", "instruction"), log=context.log.info)
+                             pv.params["embed"].get("text_template", "instruction"), log=context.log.info,
+                             flagged=flagged_by_review((pv.params.get("review") or {}).get("clean_requests")))
     md = metadata_for(report, pv, "clean_rows")
     md["dagster/row_count"] = MetadataValue.int(report.counts["kept"])
     yield MaterializeResult(asset_key="clean_rows", metadata=md)

@@ -44,8 +44,6 @@ DEFAULT_PARAMS: dict[str, Any] = {
         "algorithm": "kmeans",
         "k": 8,
         "seed": 0,
-        # clusters removed from the next cycle's input: [{"cycle": 1, "cluster": 3, "name": "..."}]
-        "drop_clusters": [],
     },
     "project": {
         "methods": ["pca", "umap"],
@@ -57,6 +55,10 @@ DEFAULT_PARAMS: dict[str, Any] = {
     },
     "review": {
         "reviewer": "offline",
+        # clusters removed from the next cycle's input: [{"cycle": 1, "cluster": 3, "name": "..."}]
+        "drop_clusters": [],
+        # rows a review sent back to cleaning: [{"cluster", "name", "problem_row_ids", "reasons"}]
+        "clean_requests": [],
     },
     "cycle": {
         "policy": "auto",  # auto: apply recommendations within the guardrails; wait: human approval
@@ -74,6 +76,12 @@ SECTION_FIRST_ASSET: dict[str, str] = {
     "measure": "cluster_metrics",
     "review": "cluster_reviews",
     "cycle": "cluster_reviews",
+}
+
+# Parameters read by an earlier stage than their section suggests.
+PATH_FIRST_ASSET: dict[str, str] = {
+    "review.drop_clusters": "cluster_labels",
+    "review.clean_requests": "clean_rows",
 }
 
 # Global (unpartitioned) assets in graph order; per-batch assets come before them.
@@ -135,7 +143,10 @@ def affected_assets(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     A change of ``cluster.k`` re-runs clustering and everything after it; ``review.drop_clusters``
     re-runs the review onwards; a change in ``clean`` re-runs every batch from ``clean_rows``.
     """
-    firsts = {SECTION_FIRST_ASSET.get(path.split(".")[0], "raw_rows") for path in diff(old, new)}
+    firsts = set()
+    for path in diff(old, new):
+        special = [asset for prefix, asset in PATH_FIRST_ASSET.items() if path == prefix or path.startswith(prefix + ".")]
+        firsts.add(special[0] if special else SECTION_FIRST_ASSET.get(path.split(".")[0], "raw_rows"))
     wanted: set[str] = set()
     for first in firsts:
         wanted.update(DOWNSTREAM[first])

@@ -114,9 +114,28 @@ REJECT_SCHEMA = {
 }
 
 
+REVIEW_FLAGGED = "review_flagged"
+
+
+def flagged_by_review(clean_requests: list[dict[str, Any]] | None) -> dict[str, str]:
+    """row id -> why, for every row a review sent back to cleaning (``review.clean_requests``)."""
+    out: dict[str, str] = {}
+    for request in clean_requests or []:
+        if not isinstance(request, dict):
+            continue
+        why = f"review of cluster {request.get('cluster')} {request.get('name')!r}: " + "; ".join(request.get("reasons") or [])
+        for row_id in request.get("problem_row_ids") or []:
+            out.setdefault(str(row_id), why)
+    return out
+
+
 def clean_batch(con: duckdb.DuckDBPyConnection, batch_id: str, clean_params: dict[str, Any], text_template: str,
-                chunk_rows: int = 50_000, log: Log = _no_log) -> StageReport:
-    """Normalize and filter one batch: kept rows to ``clean_rows``, removed rows to ``rejected_rows``."""
+                chunk_rows: int = 50_000, log: Log = _no_log, flagged: dict[str, str] | None = None) -> StageReport:
+    """Normalize and filter one batch: kept rows to ``clean_rows``, removed rows to ``rejected_rows``.
+
+    ``flagged`` (row id -> why) removes rows a review sent back to cleaning, with reason ``review_flagged``.
+    """
+    flagged = flagged or {}
     report = StageReport()
     config = CleanConfig.from_dict(clean_params)
     reasons: Counter[str] = Counter()
@@ -141,6 +160,8 @@ def clean_batch(con: duckdb.DuckDBPyConnection, batch_id: str, clean_params: dic
             for row_id, instruction, input_, output, has_output in chunk:
                 n_in += 1
                 out = clean_row(instruction, input_, output, config, has_output=bool(has_output))
+                if row_id in flagged and out.kept:
+                    out.kept, out.reasons = False, [REVIEW_FLAGGED]
                 modifications.update(out.modifications)
                 pii.update(out.pii_counts)
                 if out.kept:
@@ -169,7 +190,8 @@ def clean_batch(con: duckdb.DuckDBPyConnection, batch_id: str, clean_params: dic
     report.values["rejection_rate"] = round(n_rejected / n_in, 4) if n_in else 0.0
     if reasons:
         lines = ["| reason | rows | meaning |", "|---|---|---|"]
-        lines += [f"| `{r}` | {c} | {REASON_CODES.get(r, '')} |" for r, c in reasons.most_common()]
+        lines += [f"| `{r}` | {c} | {REASON_CODES.get(r, 'removed because a cluster review flagged it' if r == REVIEW_FLAGGED else '')} |"
+                  for r, c in reasons.most_common()]
         report.markdown["rejections_by_reason"] = "\n".join(lines)
         ex = [(reason, *e) for reason, items in examples.items() for e in items]
         report.markdown["rejection_examples"] = wh.markdown_table(

@@ -103,7 +103,8 @@ def cluster_rows(con: duckdb.DuckDBPyConnection, params: ParamsVersion, model_id
 
     report = StageReport()
     cluster_params = dict(params.params["cluster"])
-    drops = cluster_params.pop("drop_clusters", []) or []
+    drops = [d for d in (params.params.get("review", {}).get("drop_clusters") or [])
+             if isinstance(d, dict) and d.get("cycle") is not None and d.get("cluster") is not None]
     dropped = pl.DataFrame(
         {"cycle": [int(d["cycle"]) for d in drops], "cluster": [int(d["cluster"]) for d in drops]},
         schema={"cycle": pl.Int32, "cluster": pl.Int32})
@@ -307,7 +308,7 @@ def review_clusters(con: duckdb.DuckDBPyConnection, params: ParamsVersion, store
     with report.timed("evidence"):
         cards = m.cluster_cards(vectors, labels, data["row_id"].to_list(), data["text"].to_list(),
                                 n_central=int(review_cfg.get("n_central", 5)), n_boundary=int(review_cfg.get("n_boundary", 3)))
-        evidence = rv.build_evidence(data, cards, per)
+        evidence = build_evidence(data, cards, per)
     review_cfg.setdefault("cache_dir", str(cache_dir))
     reviewer = rv.make_reviewer(review_cfg)
     log(f"reviewing {len(evidence)} clusters with {getattr(reviewer, 'reviewer_id', type(reviewer).__name__)}")
@@ -348,6 +349,27 @@ def review_clusters(con: duckdb.DuckDBPyConnection, params: ParamsVersion, store
     return report
 
 
+def build_evidence(data: pl.DataFrame, cards: dict[int, dict[str, Any]], per: dict[int, dict[str, float]],
+                   max_examples: int = 8) -> list[Any]:
+    """What the reviewer reads per cluster: size, metrics, central and boundary rows, terms, text stats."""
+    from purify_assets.core import review as rv
+
+    n = max(len(data), 1)
+    by_cluster = {int(c): part for (c,), part in data.group_by(["cluster"], maintain_order=True)}
+    terms = rv.cluster_top_terms({c: part["text"].to_list() for c, part in by_cluster.items()})
+    evidence = []
+    for c in sorted(by_cluster):
+        part = by_cluster[c]
+        card = cards.get(c, {})
+        evidence.append(rv.ClusterEvidence(
+            cluster=c, size=len(part), share=len(part) / n, metrics=dict(per.get(c, {})),
+            central=list(card.get("central", []))[:max_examples], boundary=list(card.get("boundary", []))[:max_examples],
+            top_terms=terms.get(c, []),
+            text_stats=rv.compute_text_stats(part["text"].to_list(), part["output"].to_list(), part["lang"].to_list()),
+        ))
+    return evidence
+
+
 def review_chain_length(store: ParamsStore, version: int) -> int:
     """How many review-sourced versions lead to ``version`` since the last user or default version."""
     n = 0
@@ -378,8 +400,9 @@ def decide_next_params(con: duckdb.DuckDBPyConnection, cycle: int, params: Param
     if proposal is None:
         return {"version": None, "state": "converged", "note": "the reviewer recommends no change"}
     new_params, reasons = proposal
-    for drop in new_params.get("cluster", {}).get("drop_clusters", []):
-        drop.setdefault("cycle", cycle)
+    for drop in new_params.get("review", {}).get("drop_clusters", []):
+        if isinstance(drop, dict):
+            drop.setdefault("cycle", cycle)  # (cycle, cluster) names the rows exactly in cluster_labels
     if review_chain_length(store, params.version) + 1 >= max_cycles:
         return {"version": None, "state": "cycle_cap_reached",
                 "note": f"{max_cycles} cycles reached (cycle.max_cycles); recommendation not applied: {'; '.join(reasons)}"}
