@@ -38,7 +38,21 @@ DEFAULT_PARAMS: dict[str, Any] = {
         "batch_size": 64,
     },
     "dedup": {
-        "exact": True,
+        "exact": True,  # same normalized instruction + input + output
+        "near": True,  # MinHash LSH over the whole row; character shingles for CJK, words otherwise
+        "near_threshold": 0.8,  # estimated Jaccard
+        "num_perm": 128,
+        "semantic": True,
+        # hybrid: w x cosine(embeddings) + (1 - w) x Jaccard(whole row) >= threshold. The default embeds only
+        # the instruction (seed 001), so cosine alone would merge rows that share an instruction template
+        # but differ in input and output; the row-level Jaccard term keeps those apart.
+        # cosine: cosine alone (use when embed.text_template covers the whole row, e.g. "all").
+        "semantic_mode": "hybrid",
+        "semantic_threshold": 0.85,
+        "semantic_weight_cosine": 0.5,
+        "conflicts": True,  # same instruction, materially different responses: flagged, not removed
+        "conflict_max_response_similarity": 0.5,  # response Jaccard below this = materially different
+        "incremental": True,  # compare new rows against everything kept, without re-hashing old rows
     },
     "cluster": {
         "algorithm": "kmeans",

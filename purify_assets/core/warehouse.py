@@ -40,6 +40,10 @@ TABLE_DDL: dict[str, str] = {
     "dedup_sets": """
         set_id VARCHAR, kind VARCHAR, row_id VARCHAR, representative_row_id VARCHAR,
         is_representative BOOLEAN, similarity FLOAT, reason VARCHAR""",
+    "dedup_signatures": """
+        row_hash VARCHAR, config VARCHAR, signature UBIGINT[]""",
+    "dedup_state": """
+        row_id VARCHAR, row_hash VARCHAR, text_hash VARCHAR, config VARCHAR""",
     "cluster_labels": """
         cycle INTEGER, row_id VARCHAR, cluster INTEGER, strength FLOAT, algorithm VARCHAR, params_hash VARCHAR""",
     "projections": """

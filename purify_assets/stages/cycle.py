@@ -37,51 +37,144 @@ def _now() -> datetime:
 
 
 # --------------------------------------------------------------------------------------------- dedup
+def _dedup_config(dedup_params: dict[str, Any], model_id: str) -> str:
+    from purify_assets.core.params import params_hash
+
+    return params_hash({"dedup": dedup_params, "model": model_id})
+
+
+def _signatures(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, num_perm: int, report: StageReport) -> np.ndarray:
+    """MinHash signatures of every row; cached in ``dedup_signatures`` by (row hash, shingle config)."""
+    from purify_assets.core.dedup import minhash_signatures
+
+    config = f"minhash-auto-{num_perm}"
+    con.register("_want", rows.select("row_hash").unique())
+    try:
+        cached = wh.frame(con, "SELECT s.row_hash, any_value(s.signature) AS signature FROM dedup_signatures s "
+                               "JOIN _want USING (row_hash) WHERE s.config = ? GROUP BY s.row_hash", [config])
+    finally:
+        con.unregister("_want")
+    missing = rows.select("row_hash", "full_text").unique("row_hash").join(cached.select("row_hash"), on="row_hash", how="anti")
+    report.counts["near.signatures_cached"] = len(cached)
+    report.counts["near.signatures_computed"] = len(missing)
+    if len(missing):
+        with report.timed("near_hashing"):
+            sig = minhash_signatures(missing["full_text"].to_list(), num_perm=num_perm)
+        fresh = pl.DataFrame({"row_hash": missing["row_hash"], "config": [config] * len(missing),
+                              "signature": pl.Series(sig).cast(pl.List(pl.UInt64))})
+        wh.insert_frame(con, "dedup_signatures", fresh)
+        cached = pl.concat([cached.with_columns(pl.col("signature").cast(pl.List(pl.UInt64))),
+                            fresh.select("row_hash", "signature")])
+    table = rows.select("row_hash").join(cached, on="row_hash", how="left")
+    return table["signature"].list.to_array(num_perm).to_numpy().astype(np.uint64, copy=False)
+
+
 def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], model_id: str, log: Log = _no_log) -> StageReport:
-    """Duplicate sets over every kept row of every batch (exact, then near / semantic when enabled)."""
+    """Duplicate sets over every kept row of every batch: exact, near (MinHash), semantic (cosine), and
+    conflicts (flagged only). Incremental: with the same settings as last time and no old row changed,
+    only pairs involving rows new since the last run are searched (the old sets are carried over)."""
     from purify_assets.core import dedup
 
     report = StageReport()
-    rows = wh.frame(con, "SELECT row_id, row_hash, text, coalesce(length(output), 0) AS response_length "
-                         "FROM clean_rows ORDER BY row_id")
+    rows = wh.frame(con, """
+        SELECT c.row_id, c.row_hash, c.text_hash, c.instruction, coalesce(c.input, '') AS input, c.output,
+               concat_ws(chr(10), c.instruction, c.input, c.output) AS full_text,
+               coalesce(length(c.output), 0) AS response_length, e.vector
+        FROM clean_rows c LEFT JOIN embeddings e ON e.row_id = c.row_id AND e.text_hash = c.text_hash AND e.model_id = ?
+        ORDER BY c.row_id""", [model_id])
+    n = len(rows)
+    config = _dedup_config(dedup_params, model_id)
+    ids = rows["row_id"].to_list()
+    lengths = rows["response_length"].to_list()
+    state = wh.frame(con, "SELECT row_id, row_hash, text_hash, config FROM dedup_state")
+    previous = wh.frame(con, "SELECT * FROM dedup_sets")
+    unchanged_old = (
+        bool(dedup_params.get("incremental", True)) and len(state) > 0 and state["config"].n_unique() == 1
+        and state["config"][0] == config
+        and state.select("row_id", "row_hash", "text_hash").join(
+            rows.select("row_id", "row_hash", "text_hash"), on=["row_id", "row_hash", "text_hash"], how="anti").is_empty())
+    new_mask = None
+    if unchanged_old:
+        seen = set(state["row_id"].to_list())
+        new_mask = np.array([r not in seen for r in ids], dtype=bool)
+        report.values["mode"] = "incremental"
+        report.counts["rows_new_since_last_run"] = int(new_mask.sum())
+    else:
+        report.values["mode"] = "full"
+    log(f"dedup over {n:,} rows ({report.values['mode']})")
+
+    def prev(kind: str) -> pl.DataFrame | None:
+        return previous.filter(pl.col("kind") == kind).select(dedup.DEDUP_COLUMNS) if new_mask is not None else None
+
     frames: list[pl.DataFrame] = []
-    with report.timed("exact"):
-        frames.append(dedup.exact_duplicates(rows["row_id"].to_list(), rows["row_hash"].to_list(),
-                                             rows["response_length"].to_list()))
-    if dedup_params.get("near", False) and hasattr(dedup, "near_duplicates"):
+    if n and dedup_params.get("exact", True):
+        with report.timed("exact"):
+            frames.append(dedup.exact_duplicates(ids, rows["row_hash"].to_list(), lengths))
+    num_perm = int(dedup_params.get("num_perm", 128))
+    sigs = None
+    if n and (dedup_params.get("near", True) or dedup_params.get("semantic_mode", "hybrid") == "hybrid"):
+        sigs = _signatures(con, rows, num_perm, report)
+    if n and dedup_params.get("near", True):
         with report.timed("near"):
-            sigs = dedup.minhash_signatures(rows["text"].to_list(), num_perm=int(dedup_params.get("num_perm", 128)))
-            frames.append(dedup.near_duplicates(rows["row_id"].to_list(), sigs,
-                                                threshold=float(dedup_params.get("near_threshold", 0.7)),
-                                                num_perm=int(dedup_params.get("num_perm", 128)),
-                                                response_lengths=rows["response_length"].to_list()))
-    if dedup_params.get("semantic", False) and hasattr(dedup, "semantic_duplicates"):
-        with report.timed("semantic"):
-            emb = wh.frame(con, "SELECT e.row_id, e.vector, coalesce(length(c.output), 0) AS response_length "
-                                "FROM embeddings e JOIN clean_rows c USING (row_id, text_hash) "
-                                "WHERE e.model_id = ? ORDER BY e.row_id", [model_id])
-            frames.append(dedup.semantic_duplicates(emb["row_id"].to_list(), _vectors(emb),
-                                                    threshold=float(dedup_params.get("semantic_threshold", 0.95)),
-                                                    response_lengths=emb["response_length"].to_list()))
-    sets = pl.concat([f.select(dedup.DEDUP_COLUMNS).cast(dedup.DEDUP_SCHEMA) for f in frames]) if frames else None
-    if sets is not None and hasattr(dedup, "combine_sets") and len(frames) > 1:
-        sets = dedup.combine_sets(*frames)
+            if new_mask is not None and not new_mask.any():
+                frames.append(prev("near"))
+            else:
+                frames.append(dedup.near_duplicates(ids, sigs, threshold=float(dedup_params.get("near_threshold", 0.8)),
+                                                    num_perm=num_perm, response_lengths=lengths, new_mask=new_mask,
+                                                    previous_sets=prev("near")))
+    if n and dedup_params.get("semantic", True):
+        has_vec = rows["vector"].is_not_null()
+        emb = rows.filter(has_vec)
+        if len(emb):
+            mask = new_mask[has_vec.to_numpy()] if new_mask is not None else None
+            with report.timed("semantic"):
+                if mask is not None and not mask.any():
+                    frames.append(prev("semantic"))
+                elif dedup_params.get("semantic_mode", "hybrid") == "hybrid":
+                    frames.append(dedup.hybrid_duplicates(
+                        emb["row_id"].to_list(), _vectors(emb), sigs[has_vec.to_numpy()],
+                        threshold=float(dedup_params.get("semantic_threshold", 0.85)),
+                        weight_cosine=float(dedup_params.get("semantic_weight_cosine", 0.5)),
+                        response_lengths=emb["response_length"].to_list(), new_mask=mask, previous_sets=prev("semantic")))
+                else:
+                    frames.append(dedup.semantic_duplicates(
+                        emb["row_id"].to_list(), _vectors(emb), threshold=float(dedup_params.get("semantic_threshold", 0.95)),
+                        response_lengths=emb["response_length"].to_list(), new_mask=mask, previous_sets=prev("semantic")))
+        report.counts["semantic.rows_without_vector"] = int(n - len(emb))
+    if n and dedup_params.get("conflicts", True):
+        with report.timed("conflicts"):
+            key = rows.select(pl.concat_str([pl.col("instruction"), pl.col("input")], separator="\x1f")
+                              .hash().cast(pl.String).alias("k"))["k"].to_list()
+            with_output = rows["output"].fill_null("").to_list()
+            frames.append(dedup.conflicting_responses(
+                ids, key, with_output, lengths,
+                max_response_similarity=float(dedup_params.get("conflict_max_response_similarity", 0.5))))
+    frames = [f for f in frames if f is not None and len(f)]
+    sets = dedup.combine_sets(*frames).select(dedup.DEDUP_COLUMNS) if frames else None
+    state_now = rows.select("row_id", "row_hash", "text_hash").with_columns(pl.lit(config).alias("config"))
     with report.timed("store"), wh.transaction(con):
         wh.replace_table(con, "dedup_sets", sets)
+        wh.replace_table(con, "dedup_state", state_now)
     summary = wh.frame(con, "SELECT kind, count(DISTINCT set_id) AS sets, count(*) FILTER (WHERE NOT is_representative) "
-                            "AS rows_removed FROM dedup_sets GROUP BY kind ORDER BY kind")
-    report.counts["rows_considered"] = len(rows)
-    for kind, n_sets, n_removed in summary.iter_rows():
+                            "AS members_beyond_representative FROM dedup_sets GROUP BY kind ORDER BY kind")
+    report.counts["rows_considered"] = n
+    for kind, n_sets, n_members in summary.iter_rows():
         report.counts[f"{kind}.sets"] = int(n_sets)
-        report.counts[f"{kind}.rows_removed_or_flagged"] = int(n_removed)
+        report.counts[f"{kind}.members_beyond_representative"] = int(n_members)
     removed = wh.scalar(con, "SELECT count(DISTINCT row_id) FROM dedup_sets WHERE NOT is_representative AND kind IN "
-                          "('exact', 'near', 'semantic')")
+                             "('exact', 'near', 'semantic')")
     report.counts["rows_removed"] = int(removed)
-    report.counts["rows_kept"] = len(rows) - int(removed)
+    report.counts["rows_kept"] = n - int(removed)
+    report.counts["rows_flagged_conflict"] = int(wh.scalar(con, "SELECT count(DISTINCT row_id) FROM dedup_sets WHERE kind = 'conflict'"))
+    report.values["config_hash"] = config
     report.markdown["sets_by_kind"] = wh.markdown_table(summary)
     report.markdown["largest_sets"] = wh.markdown_table(wh.frame(con, """
         SELECT d.set_id, d.kind, count(*) AS members, any_value(c.text) FILTER (WHERE d.is_representative) AS representative
         FROM dedup_sets d JOIN clean_rows c USING (row_id) GROUP BY d.set_id, d.kind ORDER BY members DESC, d.set_id LIMIT 10"""))
+    report.markdown["removed_examples"] = wh.markdown_table(wh.frame(con, """
+        SELECT d.kind, round(d.similarity, 3) AS similarity, c.text AS removed, r.text AS kept
+        FROM dedup_sets d JOIN clean_rows c ON c.row_id = d.row_id JOIN clean_rows r ON r.row_id = d.representative_row_id
+        WHERE NOT d.is_representative ORDER BY d.kind DESC, d.similarity LIMIT 10"""))
     return report
 
 

@@ -78,7 +78,7 @@ def test_every_kept_row_has_an_embedding_and_every_survivor_a_cluster(con):
 
 def test_planted_exact_duplicates_are_found(con):
     removed = wh.scalar(con, "SELECT count(*) FROM dedup_sets WHERE kind = 'exact' AND NOT is_representative")
-    assert removed >= DEMO_PLANTED["exact_duplicates"] - 2  # a planted copy may also fail a cleaning filter
+    assert removed >= DEMO_PLANTED["exact_duplicate_copies"] - 2  # a planted copy may also fail a cleaning filter
 
 
 def test_feedback_cycle_ran_with_the_new_parameters(demo_home, con):
@@ -129,3 +129,15 @@ def test_status_json_shape(demo_home, capsys):
                                      "projections", "cluster_metrics", "cluster_reviews", "purified_dataset",
                                      "quarantine", "rejected_rows"}
     assert status["params_versions"] >= 2 and status["cycles"] == 2
+
+
+def test_planted_junk_is_rejected_with_reasons(con):
+    reasons = dict(wh.run(con, "SELECT reason, count(*) FROM rejected_rows GROUP BY reason"))
+    assert reasons.get("empty_output", 0) >= DEMO_PLANTED["empty_outputs"]
+    assert reasons.get("output_equals_input", 0) >= DEMO_PLANTED["output_equals_input"] - 1
+    assert reasons.get("too_short", 0) >= DEMO_PLANTED["too_short"] // 2
+    # HTML junk and PII are repaired in place, not rejected
+    html_left = wh.scalar(con, "SELECT count(*) FROM clean_rows WHERE regexp_matches(text || coalesce(output, ''), '<(p|br|div)[ />]')")
+    assert html_left == 0
+    assert wh.scalar(con, "SELECT count(*) FROM clean_rows WHERE regexp_matches(coalesce(input,'') || coalesce(output,''), "
+                          "'010-[0-9]{4}-[0-9]{4}')") == 0

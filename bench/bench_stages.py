@@ -1,0 +1,290 @@
+"""Stage throughput and peak memory of one purification cycle on NSMC, at growing sizes.
+
+    python bench/bench_stages.py                                   # 10k and 100k, USE encoder
+    python bench/bench_stages.py --sizes 712404 --standin-above 0  # all of NSMC, stand-in vectors
+    python bench/bench_stages.py --sizes 1700000 --standin-above 10000000   # the 1.7M target, real encoder (~40 min)
+    python bench/bench_stages.py --smoke                           # 500 rows, seconds, no model
+
+For each size the rows go through every stage the Dagster assets run, called directly (no Dagster
+overhead): ingest -> clean -> embed (per batch, one batch) then dedup -> cluster -> project ->
+metrics -> review -> publish (one cycle). Each size (and each run) runs in a fresh subprocess, so
+the peak RSS of a size is that process's high-water mark and nothing is shared between sizes.
+Per stage: seconds, rows/s and the peak RSS seen while the stage ran (sampled every 50 ms).
+
+Data: the first n lines of ../shared/data/nsmc/nsmc_raw_reviews.jsonl (712,404 rows). Above that,
+NSMC is repeated with light variation (see ``_common.nsmc_slice``: copy c appends one of a few
+short suffixes such as " ㅎㅎ" to every review, so exact dedup cannot collapse the copies).
+
+The encoder is the physical limit (~860 short rows/s for USE, the fastest packaged model). Above
+``--standin-above`` rows the embed stage uses a labelled stand-in (hashed character n-grams times
+a random projection, same dimension as the real encoder, ~100x faster) so the other stages can be
+measured at scale; the real encoder's rate is measured on ``--embed-sample`` rows in its own
+process and the table shows the projected full-cycle time with the real encoder next to the
+measured one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+STAGES = C.BATCH_STAGES + C.CYCLE_STAGES
+# Real encoder dimensions, so the stand-in produces vectors of the same size (memory is realistic).
+ENCODER_DIMS = {"use": 512, "onnx": 384, "onnx-fp32": 384, "st": 384, "hash": 384}
+
+
+def bench_params(project_methods: list[str] | None) -> dict[str, Any]:
+    """Defaults, except: NSMC has no output column, so the offline reviewer's empty-output rules
+    (meant for instruction/answer data) are switched off, or it would drop every cluster and the
+    publish stage would have nothing to write."""
+    out: dict[str, Any] = {"review": {"thresholds": {"drop_empty_output": 1.01, "clean_empty_output": 1.01}}}
+    if project_methods:
+        out["project"] = {"methods": project_methods}
+    return out
+
+
+# ------------------------------------------------------------------------------------ worker side
+
+def worker(cfg: dict[str, Any]) -> dict[str, Any]:
+    """One size, one run, in this (fresh) process."""
+    started = time.perf_counter()
+    base_rss = C.rss_mb()
+    if cfg["standin"]:
+        embedder = C.HashProjectionEmbedder(dim=ENCODER_DIMS.get(cfg["embedder"], 384))
+        embed_info = {"backend": embedder.backend, "model_id": embedder.model_id, "standin": True}
+    else:
+        embedder, embed_info = C.make_bench_embedder(cfg["embedder"])
+    load_seconds = time.perf_counter() - started
+    home = Path(tempfile.mkdtemp(prefix="stages_", dir=cfg["work_dir"]))
+    timings: list[C.StageTiming] = []
+    try:
+        ws = C.Workspace(home, bench_params(cfg.get("project_methods")))
+        t0 = time.perf_counter()
+        with ws.connect() as con:
+            C.run_batch(ws, con, Path(cfg["file"]), embedder, timings)
+            C.run_cycle(ws, con, embedder.model_id, timings)
+        wall = time.perf_counter() - t0
+        warehouse_mb = ws.paths.warehouse.stat().st_size / 2**20
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    return {"n": cfg["n"], "embed": embed_info, "model_load_seconds": round(load_seconds, 2),
+            "stages": [t.as_dict() for t in timings], "cycle_wall_seconds": round(wall, 3),
+            "peak_rss_mb": round(C.peak_rss_mb(), 1), "start_rss_mb": round(base_rss, 1),
+            "warehouse_mb": round(warehouse_mb, 1)}
+
+
+def embed_rate_worker(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The real encoder's rows/s on ``sample`` NSMC reviews (model load excluded), and its RSS."""
+    embedder, info = C.make_bench_embedder(cfg["embedder"])
+    texts = []
+    with open(cfg["file"], encoding="utf-8") as f:
+        for line in f:
+            t = (json.loads(line).get("review") or "").strip()
+            if t:
+                texts.append(t)
+            if len(texts) >= cfg["sample"]:
+                break
+    runs = []
+    for _ in range(cfg["runs"]):
+        t0 = time.perf_counter()
+        embedder.embed(texts)
+        runs.append(len(texts) / (time.perf_counter() - t0))
+    return {"embed": info, "sample": len(texts), "rows_per_second": C.summarize(runs, 1),
+            "peak_rss_mb": round(C.peak_rss_mb(), 1)}
+
+
+# ------------------------------------------------------------------------------------ parent side
+
+def spawn(mode: str, cfg: dict[str, Any], timeout: float) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile("r", suffix=".json", delete=False) as out:
+        out_path = out.name
+    cmd = [sys.executable, str(Path(__file__).resolve()), mode, json.dumps(cfg), out_path]
+    try:
+        proc = subprocess.run(cmd, timeout=timeout, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{mode} for {cfg.get('n', '')} rows failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        return json.loads(Path(out_path).read_text("utf-8"))
+    finally:
+        Path(out_path).unlink(missing_ok=True)
+
+
+def aggregate(n: int, runs: list[dict[str, Any]], rate: dict[str, Any] | None) -> dict[str, Any]:
+    by_stage: dict[str, dict[str, Any]] = {}
+    for stage in STAGES:
+        items = [next(s for s in r["stages"] if s["stage"] == stage) for r in runs]
+        by_stage[stage] = {
+            "rows": items[-1]["rows"],
+            "seconds": C.summarize([i["seconds"] for i in items]),
+            "rows_per_second": C.summarize([i["rows_per_second"] for i in items], 1),
+            "peak_rss_mb": C.summarize([i["peak_rss_mb"] for i in items], 1),
+            "detail": items[-1]["detail"],
+        }
+    standin = runs[-1]["embed"].get("standin", False)
+    full = C.summarize([sum(s["seconds"] for s in r["stages"]) for r in runs])
+    out = {
+        "n": n, "runs": len(runs), "embed": runs[-1]["embed"], "standin_vectors": standin,
+        "stages": by_stage, "full_cycle_seconds": full,
+        "peak_rss_mb": C.summarize([r["peak_rss_mb"] for r in runs], 1),
+        "warehouse_mb": runs[-1]["warehouse_mb"], "model_load_seconds": runs[-1]["model_load_seconds"],
+    }
+    if standin and rate:
+        real_rate = rate["rows_per_second"]["median"]
+        kept = by_stage["embed"]["rows"]
+        embed_real = kept / real_rate
+        out["projected"] = {
+            "embed_seconds_real_encoder": round(embed_real, 1),
+            "full_cycle_seconds_real_encoder": round(full["median"] - by_stage["embed"]["seconds"]["median"] + embed_real, 1),
+            "encoder": rate["embed"]["model_id"], "encoder_rows_per_second": real_rate,
+            "note": "measured full cycle with stand-in vectors, minus the stand-in embed time, plus kept rows / the "
+                    "real encoder's measured rows/s",
+        }
+    return out
+
+
+def growth(sizes: list[dict[str, Any]]) -> dict[str, Any]:
+    """How each stage's time grows with n: the log-log slope between the smallest and largest size
+    (1.0 = linear). The embed stage is compared only between sizes that used the same encoder."""
+    out: dict[str, Any] = {}
+    for stage in STAGES + ["full_cycle"]:
+        pts = []
+        for s in sizes:
+            if stage in ("embed", "full_cycle") and s["standin_vectors"] != sizes[0]["standin_vectors"]:
+                continue
+            sec = s["full_cycle_seconds"]["median"] if stage == "full_cycle" else s["stages"][stage]["seconds"]["median"]
+            if sec and sec > 0:
+                pts.append((s["n"], sec))
+        if len(pts) >= 2 and pts[-1][0] > pts[0][0]:
+            (n0, t0), (n1, t1) = pts[0], pts[-1]
+            out[stage] = {"exponent": round(math.log(t1 / t0) / math.log(n1 / n0), 2), "from_n": n0, "to_n": n1}
+    return out
+
+
+def markdown(res: dict[str, Any]) -> str:
+    lines = ["# Stage throughput and peak memory (NSMC)", "", C.machine_markdown(res), "",
+             f"- data: {res['data']}",
+             f"- encoder: {res['settings']['embedder']}; sizes above {res['settings']['standin_above']:,} rows use "
+             "the **stand-in vectors** (hashed character n-grams x random projection, not a language model) for "
+             "the embed stage, and the full-cycle time with the real encoder is projected from its measured rate.",
+             "- each size ran in a fresh process; runs per size: "
+             + ", ".join(f"{s['n']:,}: {s['runs']}" for s in res["sizes"]) + "; figures are medians", ""]
+    if res.get("embed_rate"):
+        r = res["embed_rate"]
+        lines += [f"Real encoder `{r['embed']['model_id']}` alone: {C.fmt(r['rows_per_second']['median'])} rows/s "
+                  f"(median of {r['rows_per_second']['runs']}, {r['sample']:,} NSMC reviews), peak RSS {C.fmt(r['peak_rss_mb'])} MiB.", ""]
+    rows = []
+    for s in res["sizes"]:
+        for stage in STAGES:
+            st = s["stages"][stage]
+            label = stage + (" (stand-in vectors)" if stage == "embed" and s["standin_vectors"] else "")
+            rows.append({"n": s["n"], "stage": label, "rows": st["rows"], "seconds": st["seconds"]["median"],
+                         "rows/s": st["rows_per_second"]["median"], "peak RSS MiB": st["peak_rss_mb"]["median"]})
+        rows.append({"n": s["n"], "stage": "**full cycle**", "rows": s["stages"]["ingest"]["rows"],
+                     "seconds": s["full_cycle_seconds"]["median"],
+                     "rows/s": s["stages"]["ingest"]["rows"] / s["full_cycle_seconds"]["median"],
+                     "peak RSS MiB": s["peak_rss_mb"]["median"]})
+        if s.get("projected"):
+            p = s["projected"]
+            rows.append({"n": s["n"], "stage": f"full cycle, projected with {p['encoder']}", "rows": s["stages"]["ingest"]["rows"],
+                         "seconds": p["full_cycle_seconds_real_encoder"],
+                         "rows/s": s["stages"]["ingest"]["rows"] / p["full_cycle_seconds_real_encoder"], "peak RSS MiB": None})
+    lines += [C.md_table(rows), ""]
+    if res.get("growth"):
+        lines += ["## Growth with n (time ~ n^exponent between the smallest and largest size measured)", "",
+                  C.md_table([{"stage": k, "exponent": v["exponent"], "from n": v["from_n"], "to n": v["to_n"]}
+                              for k, v in res["growth"].items()]), ""]
+    for s in res["sizes"]:
+        steps = {k: s["stages"][k]["detail"].get("steps") for k in ("cluster", "project", "metrics", "review")}
+        lines.append(f"- sub-steps at {s['n']:,} rows (s): " + "; ".join(f"{k} {v}" for k, v in steps.items() if v))
+    if res.get("not_run"):
+        lines += ["", "## Not run in this session", ""]
+        lines += [f"- {x['n']:,} rows: `{x['command']}` ({x['why']})" for x in res["not_run"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("--worker", "--embed-rate"):
+        cfg = json.loads(argv[1])
+        result = worker(cfg) if argv[0] == "--worker" else embed_rate_worker(cfg)
+        Path(argv[2]).write_text(json.dumps(result, default=C._json_default), "utf-8")
+        return 0
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="10000,100000", help="comma-separated row counts (1.7M: 1700000)")
+    ap.add_argument("--runs", default="3,1", help="runs per size, one number or one per size (median reported)")
+    ap.add_argument("--embedder", default="use", choices=["use", "onnx", "onnx-fp32", "st", "hash"],
+                    help="real encoder (default use: the fastest packaged model)")
+    ap.add_argument("--standin-above", type=int, default=100_000,
+                    help="sizes above this use stand-in vectors in the embed stage (default 100000)")
+    ap.add_argument("--embed-sample", type=int, default=5000, help="rows for measuring the real encoder's rate")
+    ap.add_argument("--project-methods", default=None, help="override project.methods, e.g. pca (default: pca,umap)")
+    ap.add_argument("--timeout", type=float, default=7200, help="seconds per subprocess")
+    ap.add_argument("--smoke", "--quick", action="store_true", dest="smoke", help="500 rows, stand-in vectors, PCA only")
+    ap.add_argument("--out", default=str(C.RESULTS / "stages"), help="output path without extension")
+    args = ap.parse_args(argv)
+
+    if not C.have_data(C.NSMC):
+        print(C.skip_message("bench_stages", C.NSMC))
+        return 0
+    if args.smoke:
+        args.sizes, args.runs, args.embedder, args.standin_above, args.project_methods = "500", "1", "hash", 0, "pca"
+    sizes = [int(float(s)) for s in args.sizes.split(",") if s.strip()]
+    runs = [int(r) for r in args.runs.split(",")]
+    runs = (runs + [runs[-1]] * len(sizes))[:len(sizes)]
+    methods = args.project_methods.split(",") if args.project_methods else None
+    work_dir = C.CACHE / "work"
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+    res = C.header("bench_stages", ["bench_stages"] + argv)
+    res["settings"] = {"sizes": sizes, "runs": runs, "embedder": args.embedder, "standin_above": args.standin_above,
+                       "embed_sample": args.embed_sample, "project_methods": methods or "defaults (pca, umap)",
+                       "params_override": bench_params(methods)}
+    res["data"] = (f"{C.NSMC.relative_to(C.ROOT.parent)} (first n lines; above {C.NSMC_ROWS:,} rows repeated with "
+                   f"light variation: copy c appends one of {C.VARIANT_SUFFIXES})")
+    need_rate = args.embedder != "hash" and any(n > args.standin_above for n in sizes)
+    if need_rate:
+        sample_file = C.nsmc_slice(max(args.embed_sample, 10_000))
+        print(f"measuring {args.embedder} on {args.embed_sample:,} rows ...", flush=True)
+        res["embed_rate"] = spawn("--embed-rate", {"embedder": args.embedder, "file": str(sample_file),
+                                                   "sample": args.embed_sample, "runs": 2}, args.timeout)
+    res["sizes"] = []
+    for n, k in zip(sizes, runs):
+        file = C.nsmc_slice(n)
+        standin = args.embedder == "hash" or n > args.standin_above
+        out_runs = []
+        for i in range(k):
+            print(f"{n:,} rows, run {i + 1}/{k} ({'stand-in vectors' if standin else args.embedder}) ...", flush=True)
+            cfg = {"n": n, "file": str(file), "embedder": args.embedder, "standin": standin,
+                   "project_methods": methods, "work_dir": str(work_dir)}
+            r = spawn("--worker", cfg, args.timeout)
+            steps = ", ".join(f"{s['stage']} {s['seconds']:.1f}s" for s in r["stages"])
+            print(f"  full cycle {sum(s['seconds'] for s in r['stages']):.1f}s, peak RSS {r['peak_rss_mb']:.0f} MiB "
+                  f"({steps})", flush=True)
+            out_runs.append(r)
+        res["sizes"].append(aggregate(n, out_runs, res.get("embed_rate")))
+    res["growth"] = growth(res["sizes"])
+    full_cmd = "python bench/bench_stages.py --sizes 1700000 --runs 1 --standin-above 10000000"
+    res["not_run"] = [
+        {"n": n, "command": full_cmd.replace("1700000", str(n)), "why": "real encoder at this size takes "
+         f"~{n / 860 / 60:.0f} min of both cores at ~860 rows/s; not run on the shared machine"}
+        for n in (712_404, 1_700_000) if not any(s["n"] == n and not s["standin_vectors"] for s in res["sizes"])
+    ] if not args.smoke else []
+    js, md = C.write_results(args.out, res, markdown(res))
+    print(f"wrote {js} and {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

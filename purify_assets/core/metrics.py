@@ -1,0 +1,343 @@
+"""Cluster quality figures.
+
+CONTRACT (used by ``purify_assets.assets.measure``):
+
+- ``global_metrics(vectors, labels, sample_size=5000, seed=0) -> dict``: at least ``silhouette``
+  (sampled above ``sample_size``; ``silhouette_sample_size`` says how many), ``davies_bouldin``,
+  ``calinski_harabasz``, ``n_clusters``, ``noise_fraction``, ``balance_entropy`` (normalized 0..1).
+  Values are plain floats (NaN where undefined, e.g. one cluster).
+- ``per_cluster_metrics(vectors, labels, ...) -> list[dict]``: per cluster at least ``cluster``,
+  ``size``, ``share``, ``mean_silhouette``, ``nearest_cluster``, ``nearest_distance``, ``tiny``.
+- ``cluster_cards(vectors, labels, row_ids, texts, n_central=5, n_boundary=3) -> dict[int, dict]``:
+  per cluster the rows closest to its centre and at its boundary (row_id + text).
+
+Conventions (all functions):
+
+- Distances are Euclidean in the input space (on L2-normalized embeddings that is a monotone
+  function of cosine distance: d^2 = 2 - 2 cos). Centroid-to-centroid distances reported as
+  ``nearest_distance`` are *cosine* distances (1 - cos) between centroids, easier to read.
+- Noise (label -1) never counts as a cluster: silhouette, Davies-Bouldin and Calinski-Harabasz are
+  computed on non-noise rows only; noise is reported as ``noise_fraction`` and, in
+  ``per_cluster_metrics``/``cluster_cards``, as its own row/card with ``is_noise`` True.
+- Nothing is O(n^2): silhouette uses a sample (pairwise distances within the sample only);
+  everything else is O(n x k) with rows processed in chunks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from purify_assets.core.clustering import label_means, nearest_centers, sample_indices
+
+CHUNK = 65536
+NAN = float("nan")
+
+
+def _prep(vectors: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(vectors)
+    if x.ndim != 2:
+        raise ValueError(f"vectors must be a 2-D array, got shape {x.shape}")
+    x = x.astype(np.float32, copy=False)
+    lab = np.asarray(labels)
+    if lab.shape != (x.shape[0],):
+        raise ValueError(f"labels has shape {lab.shape}, expected ({x.shape[0]},) to match the vectors")
+    if lab.size and not np.issubdtype(lab.dtype, np.integer):
+        raise ValueError(f"labels must be integers (-1 = noise), got dtype {lab.dtype}")
+    if lab.size and lab.min() < -1:
+        raise ValueError(f"labels must be >= -1 (-1 = noise), found {int(lab.min())}")
+    return x, lab.astype(np.int64)
+
+
+def _dense(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Map cluster ids to 0..m-1 (noise stays -1). Returns (dense labels, original ids)."""
+    ids = np.unique(lab[lab >= 0])
+    dense = np.full(lab.shape, -1, dtype=np.int64)
+    if len(ids):
+        dense[lab >= 0] = np.searchsorted(ids, lab[lab >= 0])
+    return dense, ids
+
+
+def _stratified(lab: np.ndarray, size: int, seed: int, min_per_cluster: int = 30) -> np.ndarray:
+    """Sample of non-noise rows: proportional to cluster size, at least ``min_per_cluster`` rows per
+    cluster (or all of a smaller cluster), so every cluster gets a silhouette estimate."""
+    rng = np.random.default_rng(seed)
+    keep = np.where(lab >= 0)[0]
+    if len(keep) <= size:
+        return keep
+    out = []
+    ids, counts = np.unique(lab[keep], return_counts=True)
+    for cid, cnt in zip(ids, counts):
+        members = keep[lab[keep] == cid]
+        want = min(cnt, max(min_per_cluster, int(round(size * cnt / len(keep)))))
+        out.append(members if want >= cnt else rng.choice(members, size=want, replace=False))
+    return np.sort(np.concatenate(out))
+
+
+def _gini(sizes: np.ndarray) -> float:
+    s = np.sort(np.asarray(sizes, dtype=np.float64))
+    if len(s) == 0 or s.sum() == 0:
+        return NAN
+    if len(s) == 1:
+        return 0.0
+    cum = np.cumsum(s)
+    n = len(s)
+    return float((n + 1 - 2 * (cum / cum[-1]).sum()) / n)
+
+
+def _bootstrap_ci(values: np.ndarray, seed: int, n_boot: int = 1000, level: float = 0.95) -> tuple[float, float]:
+    if len(values) < 2:
+        return NAN, NAN
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    for b in range(n_boot):
+        means[b] = values[rng.integers(0, len(values), len(values))].mean()
+    a = (1 - level) / 2
+    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+def global_metrics(vectors: np.ndarray, labels: np.ndarray, sample_size: int = 5000, seed: int = 0,
+                   score_sample: int = 100000, n_boot: int = 1000) -> dict[str, Any]:
+    """Global quality of a labelling.
+
+    - ``silhouette``: mean silhouette of a uniform sample of at most ``sample_size`` non-noise
+      rows (distances within the sample), ``silhouette_sample_size``, and
+      ``silhouette_ci_low``/``silhouette_ci_high``: a 95 % bootstrap interval (``n_boot``
+      resamples of the sampled rows' silhouette values; it covers which rows were drawn).
+    - ``davies_bouldin`` (lower = better separated) and ``calinski_harabasz`` (higher = better), on
+      non-noise rows; on a uniform sample of ``score_sample`` rows above that (both are O(n)
+      but scikit-learn copies to float64); ``score_sample_size`` says how many.
+    - ``n``, ``n_clusters``, ``n_noise``, ``noise_fraction``; size balance of the clusters:
+      ``balance_entropy`` (Shannon entropy / log(n_clusters), 1 = perfectly even), ``gini``
+      (0 = even, towards 1 = one cluster holds everything), ``largest_share``, ``smallest_share``
+      (of non-noise rows), ``min_size``, ``max_size``.
+    Undefined values (fewer than 2 clusters, too few rows) are NaN.
+    """
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_samples
+
+    x, lab = _prep(vectors, labels)
+    n = len(lab)
+    keep = np.where(lab >= 0)[0]
+    ids, sizes = np.unique(lab[keep], return_counts=True)
+    m = len(ids)
+    out: dict[str, Any] = {
+        "n": int(n),
+        "n_clusters": int(m),
+        "n_noise": int(n - len(keep)),
+        "noise_fraction": float((n - len(keep)) / n) if n else NAN,
+        "silhouette": NAN, "silhouette_ci_low": NAN, "silhouette_ci_high": NAN, "silhouette_sample_size": 0,
+        "davies_bouldin": NAN, "calinski_harabasz": NAN, "score_sample_size": 0,
+    }
+    if m >= 1:
+        out["balance_entropy"] = float(-(sizes / sizes.sum() * np.log(sizes / sizes.sum())).sum() / np.log(m)) if m >= 2 else NAN
+        out["gini"] = _gini(sizes)
+        out["largest_share"] = float(sizes.max() / sizes.sum())
+        out["smallest_share"] = float(sizes.min() / sizes.sum())
+        out["min_size"] = int(sizes.min())
+        out["max_size"] = int(sizes.max())
+    else:
+        out.update(balance_entropy=NAN, gini=NAN, largest_share=NAN, smallest_share=NAN, min_size=0, max_size=0)
+    if m < 2:
+        return out
+    s_idx = keep[sample_indices(len(keep), sample_size, seed)]
+    if len(np.unique(lab[s_idx])) >= 2 and len(s_idx) > len(np.unique(lab[s_idx])):
+        sil = silhouette_samples(x[s_idx], lab[s_idx])
+        out["silhouette"] = float(sil.mean())
+        out["silhouette_sample_size"] = int(len(s_idx))
+        lo, hi = _bootstrap_ci(sil, seed, n_boot)
+        out["silhouette_ci_low"], out["silhouette_ci_high"] = lo, hi
+    c_idx = keep[sample_indices(len(keep), score_sample, seed + 1)]
+    if len(np.unique(lab[c_idx])) >= 2 and len(c_idx) > len(np.unique(lab[c_idx])):
+        out["davies_bouldin"] = float(davies_bouldin_score(x[c_idx], lab[c_idx]))
+        out["calinski_harabasz"] = float(calinski_harabasz_score(x[c_idx], lab[c_idx]))
+        out["score_sample_size"] = int(len(c_idx))
+    return out
+
+
+def _cos_dist_matrix(c: np.ndarray) -> np.ndarray:
+    cn = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+    return np.clip(1.0 - cn @ cn.T, 0.0, 2.0)
+
+
+def per_cluster_metrics(vectors: np.ndarray, labels: np.ndarray, sample_size: int = 5000, seed: int = 0,
+                        tiny_min: int = 5, tiny_share: float = 0.01, outlier_sd: float = 3.0,
+                        include_noise: bool = True, include_centroid: bool = False) -> list[dict[str, Any]]:
+    """One dict per cluster (sorted by cluster id), plus a noise row (``cluster`` -1) at the end
+    when there is noise and ``include_noise``.
+
+    - ``size``, ``share`` (of all rows, noise included).
+    - ``mean_silhouette`` and ``negative_silhouette_share`` over the cluster's rows in a
+      stratified sample (proportional, at least 30 rows per cluster; ``silhouette_sample_size``
+      counts them). NaN with fewer than 2 clusters.
+    - ``nearest_cluster`` / ``nearest_distance``: the other cluster whose centroid is closest, and
+      the cosine distance between the two centroids.
+    - ``overlap``: share of the cluster's rows that lie closer to some other centroid than to their
+      own (all rows, O(n x k)); ``overlap_cluster``: the cluster most of those rows lean towards;
+      ``overlap_with_nearest``: share of rows closer to ``nearest_cluster``'s centroid than to
+      their own. For K-means labels ``overlap`` is ~0 by construction (use the silhouette figures);
+      for DBSCAN/HDBSCAN labels it shows clusters that are density-separated but interleaved.
+    - ``tiny``: size < max(``tiny_min``, ``tiny_share`` of all rows).
+    - ``spread``: mean distance of the rows to their centroid; ``outlier_fraction``: share of
+      rows farther from the centroid than mean + ``outlier_sd`` standard deviations of those
+      distances (``outlier_threshold``).
+    - ``centroid`` (list of floats, input space) only with ``include_centroid``.
+    """
+    from sklearn.metrics import silhouette_samples
+
+    x, lab = _prep(vectors, labels)
+    n = len(lab)
+    dense, ids = _dense(lab)
+    m = len(ids)
+    rows: list[dict[str, Any]] = []
+    if m == 0:
+        if include_noise and n:
+            rows.append({"cluster": -1, "is_noise": True, "size": int(n), "share": 1.0})
+        return rows
+    centers = label_means(x, dense, m)
+    own_d = np.empty(n, dtype=np.float32)
+    closer_other = np.full(n, -1, dtype=np.int64)  # nearest other centroid if closer than own
+    nearest_c = _cos_dist_matrix(centers)
+    np.fill_diagonal(nearest_c, np.inf)
+    nearest_of = np.argmin(nearest_c, axis=1) if m >= 2 else np.full(m, -1)
+    closer_to_nearest = np.zeros(n, dtype=bool)
+    cc = (centers.astype(np.float32) ** 2).sum(axis=1)
+    for s in range(0, n, CHUNK):
+        xb = x[s : s + CHUNK]
+        lb = dense[s : s + CHUNK]
+        d = np.sqrt(np.maximum((xb * xb).sum(axis=1)[:, None] - 2.0 * (xb @ centers.T) + cc[None, :], 0.0))
+        r = np.arange(len(xb))
+        valid = lb >= 0
+        own = np.where(valid, d[r, np.maximum(lb, 0)], np.nan)
+        own_d[s : s + len(xb)] = own
+        if m >= 2:
+            d_other = d.copy()
+            d_other[r[valid], lb[valid]] = np.inf
+            j = np.argmin(d_other, axis=1)
+            closer = valid & (d_other[r, j] < own)
+            closer_other[s : s + len(xb)] = np.where(closer, j, -1)
+            nb = nearest_of[np.maximum(lb, 0)]
+            closer_to_nearest[s : s + len(xb)] = valid & (d[r, nb] < own)
+
+    sil = np.full(n, np.nan)
+    s_idx = _stratified(dense, sample_size, seed)
+    if m >= 2 and len(s_idx) > m:
+        sil[s_idx] = silhouette_samples(x[s_idx], dense[s_idx])
+
+    tiny_limit = max(tiny_min, tiny_share * n)
+    for c in range(m):
+        members = dense == c
+        size = int(members.sum())
+        dist = own_d[members].astype(np.float64)
+        mu, sd = float(dist.mean()), float(dist.std())
+        thr = mu + outlier_sd * sd
+        sv = sil[members]
+        sv = sv[np.isfinite(sv)]
+        leaning = closer_other[members]
+        leaning = leaning[leaning >= 0]
+        row: dict[str, Any] = {
+            "cluster": int(ids[c]),
+            "is_noise": False,
+            "size": size,
+            "share": size / n,
+            "mean_silhouette": float(sv.mean()) if len(sv) else NAN,
+            "negative_silhouette_share": float((sv < 0).mean()) if len(sv) else NAN,
+            "silhouette_sample_size": int(len(sv)),
+            "nearest_cluster": int(ids[nearest_of[c]]) if m >= 2 else None,
+            "nearest_distance": float(nearest_c[c, nearest_of[c]]) if m >= 2 else NAN,
+            "overlap": float(len(leaning) / size),
+            "overlap_cluster": int(ids[np.bincount(leaning).argmax()]) if len(leaning) else None,
+            "overlap_with_nearest": float(closer_to_nearest[members].mean()) if m >= 2 else 0.0,
+            "tiny": bool(size < tiny_limit),
+            "spread": mu,
+            "outlier_threshold": thr,
+            "outlier_fraction": float((dist > thr).mean()) if sd > 0 else 0.0,
+        }
+        if include_centroid:
+            row["centroid"] = [float(v) for v in centers[c]]
+        rows.append(row)
+    n_noise = int((dense < 0).sum())
+    if include_noise and n_noise:
+        rows.append({"cluster": -1, "is_noise": True, "size": n_noise, "share": n_noise / n,
+                     "mean_silhouette": NAN, "negative_silhouette_share": NAN, "silhouette_sample_size": 0,
+                     "nearest_cluster": None, "nearest_distance": NAN, "overlap": NAN, "overlap_cluster": None,
+                     "overlap_with_nearest": NAN, "tiny": False, "spread": NAN, "outlier_threshold": NAN,
+                     "outlier_fraction": NAN})
+    return rows
+
+
+def cluster_cards(vectors: np.ndarray, labels: np.ndarray, row_ids: Sequence[Any], texts: Sequence[str],
+                  n_central: int = 5, n_boundary: int = 3, n_outliers: int = 3, n_noise: int = 10,
+                  max_chars: int | None = None, seed: int = 0) -> dict[int, dict[str, Any]]:
+    """What a reader (person or reviewer model) looks at for each cluster.
+
+    Per cluster id: ``size``, ``central`` (the ``n_central`` rows closest to the centroid),
+    ``boundary`` (the ``n_boundary`` rows with the smallest margin between the distance to the
+    nearest *other* centroid and to their own: the rows that sit between clusters, each with
+    ``other_cluster``), ``outliers`` (the ``n_outliers`` rows farthest from their own centroid).
+    With a single cluster, ``boundary`` holds the farthest rows. Each example is
+    ``{"row_id", "text", "distance"}`` (distance to own centroid). Noise, when present, gets the
+    card -1 with ``examples``: ``n_noise`` rows drawn at random (seeded). ``max_chars`` truncates
+    texts (with an ellipsis).
+    """
+    x, lab = _prep(vectors, labels)
+    n = len(lab)
+    if len(row_ids) != n or len(texts) != n:
+        raise ValueError(f"row_ids ({len(row_ids)}) and texts ({len(texts)}) must match the {n} vectors")
+    dense, ids = _dense(lab)
+    m = len(ids)
+
+    def text_of(i: int) -> str:
+        t = texts[i]
+        t = "" if t is None else str(t)
+        if max_chars is not None and len(t) > max_chars:
+            t = t[: max(0, max_chars - 1)] + "\u2026"
+        return t
+
+    def ex(i: int, dist: float, **extra: Any) -> dict[str, Any]:
+        rid = row_ids[i]
+        rid = rid.item() if isinstance(rid, np.generic) else rid
+        return {"row_id": rid, "text": text_of(i), "distance": float(dist), **extra}
+
+    cards: dict[int, dict[str, Any]] = {}
+    if m:
+        centers = label_means(x, dense, m)
+        own = np.full(n, np.nan, dtype=np.float32)
+        other_d = np.full(n, np.inf, dtype=np.float32)
+        other_c = np.full(n, -1, dtype=np.int64)
+        cc = (centers ** 2).sum(axis=1)
+        for s in range(0, n, CHUNK):
+            xb = x[s : s + CHUNK]
+            lb = dense[s : s + CHUNK]
+            d = np.sqrt(np.maximum((xb * xb).sum(axis=1)[:, None] - 2.0 * (xb @ centers.T) + cc[None, :], 0.0))
+            r = np.arange(len(xb))
+            valid = lb >= 0
+            own[s : s + len(xb)] = np.where(valid, d[r, np.maximum(lb, 0)], np.nan)
+            if m >= 2:
+                d[r[valid], lb[valid]] = np.inf
+                j = np.argmin(d, axis=1)
+                other_c[s : s + len(xb)] = j
+                other_d[s : s + len(xb)] = d[r, j]
+        for c in range(m):
+            members = np.where(dense == c)[0]
+            dm = own[members]
+            order = members[np.lexsort((members, dm))]  # ties: smaller row index first
+            central = [ex(i, own[i]) for i in order[:n_central]]
+            far = order[::-1]
+            outliers = [ex(i, own[i]) for i in far[:n_outliers]]
+            if m >= 2:
+                margin = other_d[members] - dm
+                border = members[np.lexsort((members, margin))][:n_boundary]
+                boundary = [ex(i, own[i], other_cluster=int(ids[other_c[i]]), margin=float(other_d[i] - own[i]))
+                            for i in border]
+            else:
+                boundary = [ex(i, own[i]) for i in far[:n_boundary]]
+            cards[int(ids[c])] = {"cluster": int(ids[c]), "is_noise": False, "size": int(len(members)),
+                                  "central": central, "boundary": boundary, "outliers": outliers}
+    noise = np.where(dense < 0)[0]
+    if len(noise):
+        rng = np.random.default_rng(seed)
+        pick = np.sort(rng.choice(noise, size=min(n_noise, len(noise)), replace=False))
+        cards[-1] = {"cluster": -1, "is_noise": True, "size": int(len(noise)),
+                     "examples": [ex(i, np.nan) for i in pick], "central": [], "boundary": [], "outliers": []}
+    return cards

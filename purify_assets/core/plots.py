@@ -1,0 +1,220 @@
+"""Plots: 2-D scatter PNG (matplotlib, Agg) and 3-D interactive HTML (plotly).
+
+CONTRACT: ``scatter_png(coords, labels, title) -> bytes`` (PNG; noise label -1 drawn grey and
+small); ``scatter_3d_html(coords, labels, hover_texts, title) -> str`` (self-contained HTML).
+Also ``line_chart_png(xs, series, title)`` (small multiples, e.g. the k sweep) and
+``sizes_bar_png(labels, title)`` (cluster sizes, the balance question at a glance).
+
+Matplotlib and plotly are imported inside the functions. Large inputs are subsampled (seeded) to
+keep files small and drawing fast; the title says so ("showing m of n points"). The HTML embeds
+plotly.js (about 3.5 MB) instead of loading it from a CDN, so it opens offline.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from typing import Sequence
+
+import numpy as np
+
+NOISE_COLOR = "#b0b0b0"
+
+
+def _palette(m: int) -> list[str]:
+    """m distinct hex colours: tab10/tab20 when they suffice, else evenly spaced hues."""
+    import matplotlib
+    from matplotlib import colors as mcolors
+
+    if m <= 10:
+        cmap = matplotlib.colormaps["tab10"]
+        return [mcolors.to_hex(cmap(i)) for i in range(m)]
+    if m <= 20:
+        cmap = matplotlib.colormaps["tab20"]
+        return [mcolors.to_hex(cmap(i)) for i in range(m)]
+    out = []
+    for i in range(m):
+        h = (i * 0.618033988749895) % 1.0  # golden-ratio hue steps keep neighbours apart
+        s = 0.55 + 0.35 * ((i // 7) % 2)
+        v = 0.85 - 0.25 * ((i // 3) % 2)
+        out.append(mcolors.to_hex(mcolors.hsv_to_rgb((h, s, v))))
+    return out
+
+
+def _subsample(n: int, max_points: int, seed: int) -> np.ndarray:
+    if n <= max_points:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
+
+
+def _check(coords: np.ndarray, labels: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    c = np.asarray(coords, dtype=np.float64)
+    if c.ndim != 2 or c.shape[1] < dims:
+        raise ValueError(f"coords must have shape (n, {dims}), got {c.shape}")
+    lab = np.asarray(labels).astype(np.int64)
+    if lab.shape != (c.shape[0],):
+        raise ValueError(f"labels has shape {lab.shape}, expected ({c.shape[0]},)")
+    return c[:, :dims], lab
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def scatter_png(coords: np.ndarray, labels: np.ndarray, title: str, max_points: int = 50000, seed: int = 0,
+                figsize: tuple[float, float] = (8.0, 6.5)) -> bytes:
+    """2-D scatter coloured by cluster; noise (-1) grey and small, drawn underneath. Every cluster's
+    id is written at its median position; a legend with sizes is shown up to 20 clusters."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    c, lab = _check(coords, labels, 2)
+    n = len(lab)
+    idx = _subsample(n, max_points, seed)
+    cs, ls = c[idx], lab[idx]
+    ids = np.unique(lab[lab >= 0])
+    colors = dict(zip(ids.tolist(), _palette(len(ids))))
+    full_sizes = dict(zip(*np.unique(lab, return_counts=True)))
+    point = float(np.clip(30000.0 / max(len(idx), 1), 1.0, 12.0))
+
+    fig, ax = plt.subplots(figsize=figsize)
+    noise = ls < 0
+    if noise.any():
+        ax.scatter(cs[noise, 0], cs[noise, 1], s=point * 0.4, c=NOISE_COLOR, alpha=0.5, linewidths=0,
+                   label=f"noise ({full_sizes.get(-1, 0):,})", rasterized=True)
+    for cid in ids:
+        sel = ls == cid
+        if not sel.any():
+            continue
+        ax.scatter(cs[sel, 0], cs[sel, 1], s=point, c=colors[cid], alpha=0.75, linewidths=0,
+                   label=f"{cid} ({full_sizes[cid]:,})", rasterized=True)
+    for cid in ids:
+        sel = lab == cid
+        mx, my = np.median(c[sel, 0]), np.median(c[sel, 1])
+        ax.annotate(str(cid), (mx, my), ha="center", va="center", fontsize=9, fontweight="bold",
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec=colors[cid], alpha=0.8))
+    shown = f" (showing {len(idx):,} of {n:,} points)" if len(idx) < n else f" ({n:,} points)"
+    ax.set_title(title + shown, fontsize=11)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if 0 < len(ids) <= 20:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, markerscale=max(1.0, 6.0 / point),
+                  title="cluster (size)", title_fontsize=8, frameon=False)
+    return _png(fig)
+
+
+def scatter_3d_html(coords: np.ndarray, labels: np.ndarray, hover_texts: Sequence[str] | None, title: str,
+                    max_points: int = 20000, seed: int = 0, hover_chars: int = 200) -> str:
+    """Interactive 3-D scatter (plotly), one trace per cluster (click the legend to hide one),
+    noise grey and small. At most ``max_points`` points (seeded subsample); hover shows the cluster
+    and the first ``hover_chars`` characters of the text (HTML-escaped)."""
+    import plotly.graph_objects as go
+
+    c, lab = _check(coords, labels, 3)
+    n = len(lab)
+    if hover_texts is not None and len(hover_texts) != n:
+        raise ValueError(f"hover_texts has {len(hover_texts)} items, expected {n}")
+    idx = _subsample(n, max_points, seed)
+    ids = np.unique(lab[lab >= 0])
+    colors = dict(zip(ids.tolist(), _palette(len(ids))))
+    full_sizes = dict(zip(*np.unique(lab, return_counts=True)))
+
+    def hov(sel_idx: np.ndarray) -> list[str]:
+        out = []
+        for i in sel_idx:
+            t = "" if hover_texts is None or hover_texts[i] is None else str(hover_texts[i])
+            if len(t) > hover_chars:
+                t = t[:hover_chars] + "\u2026"
+            out.append(f"cluster {lab[i]}<br>" + html.escape(t).replace("\n", " "))
+        return out
+
+    fig = go.Figure()
+    groups = ([-1] if (lab[idx] < 0).any() else []) + ids.tolist()
+    for cid in groups:
+        sel = idx[lab[idx] == cid]
+        if len(sel) == 0:
+            continue
+        is_noise = cid < 0
+        fig.add_trace(go.Scatter3d(
+            x=c[sel, 0], y=c[sel, 1], z=c[sel, 2], mode="markers",
+            name=f"noise ({full_sizes[cid]:,})" if is_noise else f"{cid} ({full_sizes[cid]:,})",
+            marker=dict(size=1.5 if is_noise else 2.5, color=NOISE_COLOR if is_noise else colors[cid],
+                        opacity=0.4 if is_noise else 0.8),
+            hovertext=hov(sel), hoverinfo="text",
+        ))
+    shown = f" (showing {len(idx):,} of {n:,} points)" if len(idx) < n else f" ({n:,} points)"
+    fig.update_layout(title=html.escape(title) + shown, legend=dict(title="cluster (size)", itemsizing="constant"),
+                      margin=dict(l=0, r=0, t=40, b=0), scene=dict(xaxis_title="", yaxis_title="", zaxis_title=""))
+    return fig.to_html(include_plotlyjs=True, full_html=True)
+
+
+def line_chart_png(xs: Sequence[float], series: dict[str, Sequence[float]], title: str, xlabel: str = "k",
+                   mark_x: float | None = None) -> bytes:
+    """One small panel per series (their scales differ: silhouette vs inertia), sharing the x
+    axis; NaN values leave gaps. ``mark_x`` draws a dashed line (e.g. the chosen k)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if not series:
+        raise ValueError("line_chart_png needs at least one series")
+    xs = list(xs)
+    for name, ys in series.items():
+        if len(ys) != len(xs):
+            raise ValueError(f"series {name!r} has {len(ys)} values for {len(xs)} x values")
+    m = len(series)
+    cols = 1 if m == 1 else 2
+    rows = (m + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.6 * rows), squeeze=False, sharex=True)
+    for ax, (name, ys) in zip(axes.ravel(), series.items()):
+        y = np.array([np.nan if v is None else float(v) for v in ys])
+        ax.plot(xs, y, marker="o", ms=3.5, lw=1.4)
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+        if mark_x is not None:
+            ax.axvline(mark_x, ls="--", c="grey", lw=1)
+    for ax in axes.ravel()[m:]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel(xlabel, fontsize=9)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def sizes_bar_png(labels: np.ndarray, title: str, max_bars: int = 60) -> bytes:
+    """Bar chart of cluster sizes, largest first, noise as a grey bar at the end."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    lab = np.asarray(labels).astype(np.int64)
+    ids, counts = np.unique(lab[lab >= 0], return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:max_bars]
+    names = [str(i) for i in ids[order]]
+    vals = counts[order].tolist()
+    colors = [dict(zip(ids.tolist(), _palette(len(ids))))[i] for i in ids[order]]
+    n_noise = int((lab < 0).sum())
+    if n_noise:
+        names.append("noise")
+        vals.append(n_noise)
+        colors.append(NOISE_COLOR)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.3 * len(names) + 1.5), 3.2))
+    ax.bar(range(len(vals)), vals, color=colors)
+    ax.set_xticks(range(len(vals)))
+    ax.set_xticklabels(names, fontsize=7, rotation=90 if len(names) > 20 else 0)
+    ax.set_ylabel("rows")
+    extra = f" (largest {max_bars} of {len(ids)})" if len(ids) > max_bars else ""
+    ax.set_title(title + extra, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)

@@ -1,0 +1,376 @@
+"""Dedup core: exact / near / semantic / conflict sets, incremental mode, combining kinds."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from purify_assets.core import dedup as d
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def _ids(n: int, prefix: str = "r") -> list[str]:
+    return [f"{prefix}{i:05d}" for i in range(n)]
+
+
+def _set_members(frame: pl.DataFrame) -> set[frozenset[str]]:
+    return {frozenset(g["row_id"].to_list()) for _, g in frame.group_by("set_id")}
+
+
+def _random_texts(rng: np.random.Generator, n: int, words: int = 30) -> list[str]:
+    vocab = [f"w{k}" for k in range(5000)]
+    return [" ".join(rng.choice(vocab, size=words)) for _ in range(n)]
+
+
+# ------------------------------------------------------------------ exact
+
+def test_exact_groups_representative_and_reason():
+    ids = ["b", "a", "c", "d", "e", "f"]
+    hashes = ["h1", "h1", "h2", "h1", "h3", "h3"]
+    lengths = [10, 10, 5, 3, 7, 9]
+    f = d.exact_duplicates(ids, hashes, lengths)
+    assert f.columns == d.DEDUP_COLUMNS
+    assert f.schema == pl.Schema(d.DEDUP_SCHEMA)
+    assert _set_members(f) == {frozenset({"a", "b", "d"}), frozenset({"e", "f"})}
+    reps = dict(zip(f["row_id"], f["representative_row_id"]))
+    # h1: a and b tie on length 10 -> earliest id "a"; h3: f has the longer response
+    assert reps["b"] == "a" and reps["d"] == "a" and reps["e"] == "f"
+    assert set(f.filter(pl.col("is_representative"))["row_id"]) == {"a", "f"}
+    assert (f["similarity"] == 1.0).all()
+    assert set(f["set_id"]) == {"exact-a", "exact-f"}
+    b_reason = f.filter(pl.col("row_id") == "b")["reason"][0]
+    assert "exact" in b_reason and "a" in b_reason
+    assert d.removed_row_ids(f).to_list() == ["b", "d", "e"]
+
+
+def test_exact_bad_input_is_named():
+    with pytest.raises(ValueError, match="unique"):
+        d.exact_duplicates(["a", "a"], ["h", "h"], [1, 1])
+    with pytest.raises(ValueError, match="row_hashes has 1"):
+        d.exact_duplicates(["a", "b"], ["h"], [1, 1])
+    with pytest.raises(ValueError, match=r"row_hashes\[1\].*'b'"):
+        d.exact_duplicates(["a", "b"], ["h", None], [1, 1])
+    with pytest.raises(ValueError, match=r"response_lengths\[0\]"):
+        d.exact_duplicates(["a", "b"], ["h", "h"], ["x", 1])
+
+
+def test_exact_finds_every_nsmc_duplicate():
+    path = DATA / "nsmc" / "nsmc_raw_reviews.jsonl"
+    if not path.exists():
+        pytest.skip(f"NSMC not found at {path} (../shared/data is absent)")
+    reviews = pl.read_ndjson(path, schema={"review": pl.String})["review"].fill_null("").to_list()
+    assert len(reviews) == 712_404
+    ids = [f"{i:07d}" for i in range(len(reviews))]
+    hashes = [hashlib.blake2b(t.encode("utf-8"), digest_size=16).hexdigest() for t in reviews]
+    f = d.exact_duplicates(ids, hashes, [len(t) for t in reviews])
+    # truth computed independently: every occurrence after the first of a repeated text
+    counts = Counter(reviews)
+    assert sum(c - 1 for c in counts.values()) == 23_896
+    seen: set[str] = set()
+    truth = set()
+    for i, t in enumerate(reviews):
+        if t in seen:
+            truth.add(ids[i])
+        seen.add(t)
+    removed = set(d.removed_row_ids(f).to_list())
+    assert removed == truth
+    assert f["set_id"].n_unique() == sum(1 for c in counts.values() if c > 1)
+
+
+# ------------------------------------------------------------------ MinHash
+
+def _char_ngrams(t: str, n: int) -> set[str]:
+    t = d.normalize_for_shingles(t)
+    return {t[i:i + n] for i in range(len(t) - n + 1)} if len(t) >= n else {t}
+
+
+def test_signatures_estimate_jaccard_and_are_stable():
+    a = "오늘 서울의 날씨는 맑고 기온은 영상 십오도까지 올라가겠습니다"
+    b = "오늘 서울 날씨는 맑고 기온은 영상 십오도까지 오르겠습니다"
+    c = "完全不同的一句话，关于股票市场的下跌"
+    sig = d.minhash_signatures([a, b, c, "", None], num_perm=256)
+    assert sig.shape == (5, 256) and sig.dtype == np.uint64
+    true_ab = len(_char_ngrams(a, 3) & _char_ngrams(b, 3)) / len(_char_ngrams(a, 3) | _char_ngrams(b, 3))
+    est_ab = float((sig[0] == sig[1]).mean())
+    assert abs(est_ab - true_ab) < 0.12, (est_ab, true_ab)
+    assert (sig[0] == sig[2]).mean() < 0.05
+    assert (sig[3] == d.EMPTY_SIGNATURE_VALUE).all() and (sig[4] == d.EMPTY_SIGNATURE_VALUE).all()
+    assert (sig[:3] < 2**32).all()
+    # stable: same input -> same signature, also in another batch layout
+    again = d.minhash_signatures([c, a], num_perm=256, batch_rows=1)
+    assert (again[1] == sig[0]).all() and (again[0] == sig[2]).all()
+
+
+def test_auto_shingling_uses_characters_for_cjk_and_words_otherwise():
+    texts = ["안녕하세요 반갑습니다", "今天天气很好", "こんにちは世界", "hello there my friend", "한국어 text mixed 문장입니다", ""]
+    assert d.shingle_kinds(texts).tolist() == ["char", "char", "char", "word", "char", "word"]
+    # Korean spacing variants share most character 3-grams but no word 3-gram
+    ko = ["오늘 날씨가 정말 좋네요 산책하러 갈까요", "오늘날씨가 정말좋네요 산책하러 갈까요"]
+    auto = d.minhash_signatures(ko)
+    words = d.minhash_signatures(ko, shingle="word")
+    nospace = d.minhash_signatures(ko, keep_spaces=False)
+    assert (auto[0] == auto[1]).mean() > 0.4
+    assert (words[0] == words[1]).mean() < 0.1
+    assert (nospace[0] == nospace[1]).all()
+    with pytest.raises(ValueError, match="shingle"):
+        d.minhash_signatures(ko, shingle="bytes")
+    with pytest.raises(ValueError, match=r"texts\[1\]"):
+        d.minhash_signatures(["ok", 3])
+
+
+def test_lsh_params_follow_the_threshold():
+    b_lo, r_lo = d.lsh_params(0.3, 128)
+    b_hi, r_hi = d.lsh_params(0.9, 128)
+    assert b_lo * r_lo <= 128 and b_hi * r_hi <= 128
+    assert r_hi > r_lo  # a higher threshold needs longer bands
+
+
+# ------------------------------------------------------------------ near
+
+def _planted_near(seed: int = 0, n_random: int = 400, n_sets: int = 30):
+    rng = np.random.default_rng(seed)
+    texts = _random_texts(rng, n_random)
+    planted: list[set[int]] = []
+    for s in range(n_sets):
+        base = texts[s].split()
+        members = {s}
+        for _ in range(int(rng.integers(1, 4))):
+            v = list(base)
+            v[int(rng.integers(0, len(v)))] = f"x{int(rng.integers(1_000_000))}"
+            members.add(len(texts))
+            texts.append(" ".join(v))
+        planted.append(members)
+    order = rng.permutation(len(texts))  # shuffle so sets are not contiguous
+    inv = np.empty_like(order)
+    inv[order] = np.arange(len(order))
+    texts = [texts[i] for i in order]
+    planted = [{int(inv[i]) for i in m} for m in planted]
+    return texts, planted
+
+
+def test_near_finds_planted_sets_exactly():
+    texts, planted = _planted_near()
+    ids = _ids(len(texts))
+    sig = d.minhash_signatures(texts)
+    f = d.near_duplicates(ids, sig, threshold=0.5, response_lengths=[len(t) for t in texts])
+    assert _set_members(f) == {frozenset(ids[i] for i in m) for m in planted}
+    members = f.filter(~pl.col("is_representative"))
+    assert (members["similarity"] >= 0.5).all() and (members["similarity"] < 1.0).all()
+    assert members["reason"].str.contains("near: estimated Jaccard").all()
+    # representative: longest text in its set
+    lens = dict(zip(ids, (len(t) for t in texts)))
+    for _, g in f.group_by("set_id"):
+        rep = g.filter(pl.col("is_representative"))["row_id"][0]
+        assert lens[rep] == max(lens[r] for r in g["row_id"])
+
+
+def test_near_collapses_identical_and_skips_empty():
+    texts = ["굿"] * 50 + ["", "", "최고의 영화 정말 재밌어요", "최고의 영화 정말 재밌어요!!"]
+    ids = _ids(len(texts))
+    f = d.near_duplicates(ids, d.minhash_signatures(texts), threshold=0.8)
+    assert _set_members(f) == {frozenset(ids[:50]), frozenset(ids[52:])}
+    with pytest.raises(ValueError, match="num_perm"):
+        d.near_duplicates(ids, d.minhash_signatures(texts, num_perm=64), num_perm=128)
+
+
+def test_near_incremental_equals_full_run():
+    texts, _ = _planted_near(seed=3)
+    ids = _ids(len(texts))
+    sig = d.minhash_signatures(texts)
+    full = d.near_duplicates(ids, sig, threshold=0.5)
+    cut = int(len(ids) * 0.6)
+    old = d.near_duplicates(ids[:cut], sig[:cut], threshold=0.5)
+    new_mask = np.arange(len(ids)) >= cut
+    inc = d.near_duplicates(ids, sig, threshold=0.5, new_mask=new_mask, previous_sets=old)
+    assert inc.sort(["set_id", "row_id"]).equals(full.sort(["set_id", "row_id"]))
+    # without previous sets: only sets touched by a new row, old-only sets are not searched again
+    touched = d.near_duplicates(ids, sig, threshold=0.5, new_mask=new_mask)
+    old_only = [m for m in _set_members(old) if m in _set_members(full)]
+    assert old_only, "the fixture should have a set made of old rows only"
+    assert not (_set_members(touched) & set(old_only))
+    for _, g in touched.group_by("set_id"):
+        assert any(ids.index(r) >= cut for r in g["row_id"])
+
+
+def test_star_grouping_has_no_chains():
+    # a chain a ~ b ~ c where a and c are not similar: components join all three, star does not
+    sig = np.array([[1, 1, 1, 1, 1, 2, 2, 2], [1, 1, 1, 1, 1, 1, 1, 3], [5, 5, 5, 1, 1, 1, 1, 3]], dtype=np.uint64)
+    ids = ["a", "b", "c"]
+    comp = d.near_duplicates(ids, sig, threshold=0.6, num_perm=8, bands=8)
+    star = d.near_duplicates(ids, sig, threshold=0.6, num_perm=8, bands=8, grouping="star")
+    assert _set_members(comp) == {frozenset(ids)}
+    assert comp.filter(pl.col("row_id") == "c")["similarity"][0] < 0.6  # the chain shows
+    assert _set_members(star) == {frozenset({"a", "b"})}
+    assert (star["similarity"] >= 0.6).all()
+    with pytest.raises(ValueError, match="grouping"):
+        d.near_duplicates(ids, sig, threshold=0.6, num_perm=8, grouping="cliques")
+
+
+# ------------------------------------------------------------------ semantic
+
+def _planted_vectors(n: int, dim: int = 64, n_sets: int = 20, seed: int = 0, noise: float = 0.05):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    planted = []
+    for s in range(n_sets):
+        k = int(rng.integers(2, 5))
+        members = rng.choice(np.arange(n_sets, n), size=k - 1, replace=False)
+        x[members] = x[s] + noise * rng.normal(size=(k - 1, dim))
+        planted.append({s, *members.tolist()})
+    # drop overlapping plants (a row reused by two sets)
+    seen: set[int] = set()
+    clean = []
+    for m in planted:
+        if not (m & seen):
+            clean.append(m)
+        seen |= m
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x, clean, planted
+
+
+def test_semantic_exact_finds_planted_sets():
+    x, clean, planted = _planted_vectors(500)
+    ids = _ids(len(x))
+    f = d.semantic_duplicates(ids, x, threshold=0.9, method="exact", block_size=37)
+    found = _set_members(f)
+    for m in clean:
+        assert frozenset(ids[i] for i in m) in found
+    assert len(found) == len({frozenset(m) for m in planted})  # nothing else is linked
+    sims = f.filter(~pl.col("is_representative"))
+    pos = {r: i for i, r in enumerate(ids)}
+    expect = [float(x[pos[r]] @ x[pos[p]]) for r, p in zip(sims["row_id"], sims["representative_row_id"])]
+    assert np.allclose(sims["similarity"].to_numpy(), expect, atol=1e-5)
+    assert sims["reason"].str.starts_with("semantic: cosine").all()
+    with pytest.raises(ValueError, match="normalized"):
+        d.semantic_duplicates(ids, x * 2)
+    with pytest.raises(ValueError, match="shape"):
+        d.semantic_duplicates(ids[:-1], x)
+
+
+def test_semantic_ivf_matches_exact():
+    x, _, _ = _planted_vectors(6000, dim=32, n_sets=200, seed=1, noise=0.1)
+    ids = _ids(len(x))
+    exact = d.semantic_duplicates(ids, x, threshold=0.85, method="exact")
+    ivf = d.semantic_duplicates(ids, x, threshold=0.85, method="ivf", n_probe=3)
+    assert exact.height > 300
+    pairs = lambda f: {(r, p) for r, p in zip(f["row_id"], f["representative_row_id"])}
+    recall = len(pairs(exact) & pairs(ivf)) / len(pairs(exact))
+    assert recall > 0.97, recall
+    assert pairs(ivf) <= pairs(exact) | pairs(ivf)  # ivf never invents cosine >= t it did not see
+    assert (ivf.filter(~pl.col("is_representative"))["similarity"] >= 0.0).all()
+
+
+def test_semantic_incremental_equals_full_run():
+    x, _, _ = _planted_vectors(800, seed=2)
+    ids = _ids(len(x))
+    full = d.semantic_duplicates(ids, x, threshold=0.9)
+    cut = 500
+    old = d.semantic_duplicates(ids[:cut], x[:cut], threshold=0.9)
+    inc = d.semantic_duplicates(ids, x, threshold=0.9, new_mask=np.arange(len(ids)) >= cut, previous_sets=old)
+    assert inc.sort(["set_id", "row_id"]).equals(full.sort(["set_id", "row_id"]))
+
+
+# ------------------------------------------------------------------ conflicts and combining
+
+def test_conflicts_are_flagged_not_removed():
+    ids = ["a", "b", "c", "d", "e"]
+    instr = ["i1", "i1", "i2", "i2", "i3"]
+    responses = ["Paris is the capital of France.", "The capital of France is Lyon, a large city in the south.",
+                 "Two plus two is four.", "Two plus two is four.", "alone"]
+    f = d.conflicting_responses(ids, instr, responses)
+    assert _set_members(f) == {frozenset({"a", "b"})}
+    assert set(f["kind"]) == {"conflict"}
+    assert d.removed_row_ids(f).len() == 0
+    assert f.filter(~pl.col("is_representative"))["reason"].str.contains("flagged, not removed").all()
+    # with vectors for responses, and signatures for near-same instructions
+    vec = np.eye(5, dtype=np.float32)
+    vec[3] = vec[2]
+    sig = d.minhash_signatures(["translate this to french please", "translate this to french please now", "x y z", "x y z", "q"])
+    f2 = d.conflicting_responses(ids, sig, vec, instruction_threshold=0.5)
+    assert _set_members(f2) == {frozenset({"a", "b"})}
+    combined = d.combine_sets(f2)
+    assert not combined["removed"].any()
+
+
+def test_combine_resolves_transitively_with_kind_priority():
+    # exact {a, b} keeps a; near {b, c} keeps b (b longer than c); semantic {c, d} keeps c
+    ids = ["a", "b", "c", "d", "e"]
+    lengths = [9, 9, 5, 1, 1]
+    exact = d.exact_duplicates(["a", "b"], ["h", "h"], [9, 9])
+    near_sig = np.array([[1] * 8, [1] * 7 + [2]], dtype=np.uint64)
+    near = d.near_duplicates(["b", "c"], near_sig, threshold=0.5, num_perm=8, response_lengths=[9, 5], bands=4)
+    v = np.array([[1.0, 0.0], [0.999, 0.0447], [0.0, 1.0]], dtype=np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    sem = d.semantic_duplicates(["c", "d", "e"], v, threshold=0.9, response_lengths=[5, 1, 1])
+    conflict = d.conflicting_responses(["a", "e"], ["i", "i"], ["yes it is", "no never ever"])
+    assert set(near["representative_row_id"]) == {"b"} and set(sem["representative_row_id"]) == {"c"}
+    out = d.combine_sets(exact, near, sem, conflict)
+    final = dict(zip(out["row_id"], out["final_representative_row_id"]))
+    assert final["b"] == "a" and final["c"] == "a" and final["d"] == "a"
+    assert d.removed_row_ids(out).to_list() == ["b", "c", "d"]
+    assert final["e"] == "e" and final["a"] == "a"
+    assert not out.filter(pl.col("row_id") == "e")["removed"].any()
+    # a row that is a plain member of two sets follows the higher-priority kind
+    ex2 = d.exact_duplicates(["p", "q"], ["h", "h"], [5, 1])
+    se2 = d.semantic_duplicates(["q", "r"], np.array([[1, 0], [1, 0]], dtype=np.float32), response_lengths=[1, 5])
+    out2 = d.combine_sets(ex2, se2)
+    assert dict(zip(out2["row_id"], out2["final_representative_row_id"]))["q"] == "p"
+    with pytest.raises(ValueError, match="appears twice"):
+        d.combine_sets(exact, exact)
+
+
+# ------------------------------------------------------------------ real Korean paraphrases
+
+def test_parakqc_slice_sanity():
+    path = DATA / "parakqc" / "paraKQC_v1.txt"
+    if not path.exists():
+        pytest.skip(f"paraKQC not found at {path} (../shared/data is absent)")
+    lines = path.read_text(encoding="utf-8").splitlines()[:300]
+    texts = [ln.split("\t")[2] for ln in lines]
+    group = [i // 10 for i in range(len(texts))]
+    ids = _ids(len(texts))
+    sig = d.minhash_signatures(texts, ngram=2)
+    i, j, sim = d.near_pairs(sig, threshold=0.5)
+    assert len(i) > 50, "paraphrases sharing most syllables should be found"
+    assert (sim >= 0.5).all()
+    precision = sum(group[a] == group[b] for a, b in zip(i, j)) / len(i)
+    assert precision > 0.8, precision
+    # star sets: every removed row is a paraphrase of its own representative, mostly
+    f = d.near_duplicates(ids, sig, threshold=0.5, grouping="star")
+    pos = {r: k for k, r in enumerate(ids)}
+    members = f.filter(~pl.col("is_representative"))
+    assert members.height > 30
+    same = sum(group[pos[r]] == group[pos[p]] for r, p in zip(members["row_id"], members["representative_row_id"]))
+    assert same / members.height > 0.8
+
+
+def test_hybrid_combines_cosine_and_jaccard():
+    texts = ["오늘 서울 날씨 어때", "오늘 서울 날씨는 어때?", "내일 부산 비 와?", "주식 시장 전망 알려줘"]
+    ids = _ids(len(texts))
+    sig = d.minhash_signatures(texts, ngram=2)
+    # vectors: rows 0 and 2 are semantically close but share few characters; 3 is far from all
+    v = np.array([[1, 0, 0], [0.9, 0.1, 0], [0.95, 0, 0.05], [0, 0, 1]], dtype=np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    f = d.hybrid_duplicates(ids, v, sig, threshold=0.75, weight_cosine=0.6)
+    assert _set_members(f) == {frozenset(ids[:2])}
+    row = f.filter(~pl.col("is_representative"))
+    jac = float((sig[0] == sig[1]).mean())
+    cos = float(v[0] @ v[1])
+    assert row["similarity"][0] == pytest.approx(0.6 * cos + 0.4 * jac, abs=1e-5)
+    assert row["reason"][0].startswith("semantic (hybrid)")
+    only_cos = d.hybrid_duplicates(ids, v, sig, threshold=0.95, weight_cosine=1.0)
+    assert any({ids[0], ids[2]} <= m for m in _set_members(only_cos))  # cosine alone links 0 and 2
+    assert not any(ids[3] in m for m in _set_members(only_cos))
+
+
+def test_semantic_refuses_a_threshold_that_links_everything():
+    x = np.tile(np.array([[1.0, 0.0]], dtype=np.float32), (50, 1))
+    with pytest.raises(d.TooManyPairsError, match="threshold is too low"):
+        d.semantic_pairs(x, 0.5, max_pairs=100)
+    assert len(d.semantic_pairs(x, 0.5)[0]) == 50 * 49 // 2
