@@ -1,0 +1,167 @@
+"""Stage runners against a temporary warehouse, without Dagster.
+
+The embedder here is a small deterministic stand-in (hashed character trigrams), so these tests
+check the stages' bookkeeping (cache, incremental dedup, drops, flags), not embedding quality; the
+real backends are tested in tests/core/test_embedders.py and end to end in tests/assets.
+"""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from purify_assets.core import warehouse as wh
+from purify_assets.core.landing import archive_file
+from purify_assets.core.params import DEFAULT_PARAMS, ParamsStore, set_path
+from purify_assets.stages.batch import clean_batch, embed_batch, flagged_by_review, ingest_batch
+from purify_assets.stages.cycle import cluster_rows, dedup_rows, measure_clusters, review_clusters, publish_dataset
+
+
+class TrigramEmbedder:
+    model_id = "test:trigram-64"
+    dim = 64
+
+    def __init__(self):
+        self.calls = 0
+        self.texts_embedded = 0
+
+    def embed(self, texts):
+        self.calls += 1
+        self.texts_embedded += len(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for r, text in enumerate(texts):
+            for i in range(max(len(text) - 2, 1)):
+                h = int(hashlib.md5(text[i:i + 3].encode()).hexdigest()[:8], 16)
+                out[r, h % self.dim] += 1.0
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+        return out
+
+
+TEMPLATES = ["Summarize the following passage about {t} in one sentence.",
+             "Translate this sentence about {t} into Korean.",
+             "Classify the sentiment of this review of {t}."]
+TOPICS = ["rivers", "trains", "music", "coffee", "gardens", "chess", "rain", "bridges", "maps", "bread",
+          "lamps", "owls", "ships", "snow", "tea", "kites", "forests", "clocks", "stars", "shoes"]
+
+
+def write_batch(path, rows):
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", "utf-8")
+    return path
+
+
+def make_rows(offset=0, n_topics=20):
+    rows = []
+    for t_i, topic in enumerate(TOPICS[:n_topics]):
+        for k, tpl in enumerate(TEMPLATES):
+            rows.append({"instruction": tpl.format(t=topic),
+                         "input": f"Some text number {offset + t_i} about {topic} and its many details.",
+                         "output": f"An answer of kind {k} for {topic}, written for row {offset + t_i}."})
+    return rows
+
+
+@pytest.fixture()
+def home(tmp_path):
+    (tmp_path / "archive").mkdir()
+    return tmp_path
+
+
+def load(con, home, name, rows, embedder, params=DEFAULT_PARAMS):
+    batch, _ = archive_file(write_batch(home / name, rows), home / "archive")
+    ingest_batch(con, batch)
+    clean_batch(con, batch.batch_key, params["clean"], params["embed"]["text_template"])
+    return batch.batch_key, embed_batch(con, batch.batch_key, embedder)
+
+
+def test_embedding_cache_reuses_vectors_across_runs_and_batches(home):
+    emb = TrigramEmbedder()
+    with wh.connect(home / "w.duckdb") as con:
+        key, first = load(con, home, "a.jsonl", make_rows(), emb)
+        assert first.counts["embedded"] == first.counts["unique_texts"] == 60
+        again = embed_batch(con, key, emb)  # re-materialize: nothing new to embed
+        assert again.counts["embedded"] == 0 and again.counts["cache_hits"] == 60
+        # a second batch sharing 20 instructions with the first embeds only its 40 new texts
+        rows = make_rows(offset=100)
+        for r in rows[:40]:
+            r["instruction"] = r["instruction"].replace("sentence", "short sentence").replace("review", "short review")
+        _, second = load(con, home, "b.jsonl", rows, emb)
+        assert second.counts["cache_hits"] + second.counts["embedded"] == second.counts["unique_texts"]
+        assert second.counts["cache_hits"] > 0 and second.counts["embedded"] < 60
+        assert wh.scalar(con, "SELECT count(*) FROM embeddings") == 120
+        vec = wh.frame(con, "SELECT vector FROM embeddings LIMIT 1")["vector"][0]
+        assert len(vec) == 64
+
+
+def test_dedup_is_incremental_and_matches_a_full_run(home):
+    emb = TrigramEmbedder()
+    dp = DEFAULT_PARAMS["dedup"]
+    with wh.connect(home / "w.duckdb") as con:
+        rows = make_rows()
+        load(con, home, "a.jsonl", rows + rows[:5], emb)  # 5 exact copies
+        first = dedup_rows(con, dp, emb.model_id)
+        assert first.values["mode"] == "full"
+        assert first.counts["exact.members_beyond_representative"] == 5
+        near = [dict(r, output=r["output"] + " Yes.") for r in rows[10:14]]  # near copies in a new batch
+        load(con, home, "b.jsonl", make_rows(offset=500)[:9] + near, emb)
+        second = dedup_rows(con, dp, emb.model_id)
+        assert second.values["mode"] == "incremental"
+        assert second.counts["rows_new_since_last_run"] == 13
+        assert second.counts["near.signatures_cached"] >= 60 - 5
+        incremental = wh.frame(con, "SELECT set_id, kind, row_id, representative_row_id FROM dedup_sets ORDER BY ALL")
+        full = dedup_rows(con, dict(dp, incremental=False), emb.model_id)
+        assert full.values["mode"] == "full"
+        again = wh.frame(con, "SELECT set_id, kind, row_id, representative_row_id FROM dedup_sets ORDER BY ALL")
+        assert incremental.equals(again)
+        assert second.counts["rows_removed"] >= 5 + 4
+
+
+def test_removed_duplicates_and_dropped_clusters_leave_the_clustering_input(home):
+    emb = TrigramEmbedder()
+    store = ParamsStore(home / "p.sqlite")
+    pv = store.write(set_path(DEFAULT_PARAMS, "cluster.k", 3), source="user", reason="test")
+    with wh.connect(home / "w.duckdb") as con:
+        rows = make_rows()
+        load(con, home, "a.jsonl", rows + rows[:6], emb, pv.params)
+        dedup_rows(con, pv.params["dedup"], emb.model_id)
+        first = cluster_rows(con, pv, emb.model_id)
+        assert first.counts["rows_clustered"] == 60 and first.counts["cycle"] == 1
+        victim = wh.scalar(con, "SELECT cluster FROM cluster_labels WHERE cycle = 1 GROUP BY cluster ORDER BY count(*) LIMIT 1")
+        size = wh.scalar(con, "SELECT count(*) FROM cluster_labels WHERE cycle = 1 AND cluster = ?", [victim])
+        pv2 = store.write(set_path(pv.params, "review.drop_clusters", [{"cycle": 1, "cluster": victim, "name": "x"}]),
+                          source="review", reason="drop", parent=pv.version)
+        second = cluster_rows(con, pv2, emb.model_id)
+        assert second.counts["cycle"] == 2
+        assert second.counts["rows_clustered"] == 60 - size
+        assert second.counts["rows_dropped_by_review"] == size
+
+
+def test_review_flags_send_rows_back_to_cleaning(home):
+    emb = TrigramEmbedder()
+    with wh.connect(home / "w.duckdb") as con:
+        key, _ = load(con, home, "a.jsonl", make_rows(), emb)
+        ids = [r[0] for r in wh.run(con, "SELECT row_id FROM clean_rows ORDER BY row_id LIMIT 3")]
+        flagged = flagged_by_review([{"cluster": 2, "name": "n", "problem_row_ids": ids, "reasons": ["noise"]}])
+        report = clean_batch(con, key, {}, "instruction", flagged=flagged)
+        assert report.counts["rejected.review_flagged"] == 3
+        assert wh.scalar(con, "SELECT count(*) FROM rejected_rows WHERE reason = 'review_flagged'") == 3
+        assert report.counts["rows_in"] == report.counts["kept"] + report.counts["rejected"]
+
+
+def test_a_cycle_publishes_exports_and_a_card(home):
+    emb = TrigramEmbedder()
+    store = ParamsStore(home / "p.sqlite")
+    pv = store.write(set_path(DEFAULT_PARAMS, "cluster.k", 3), source="user", reason="test")
+    with wh.connect(home / "w.duckdb") as con:
+        load(con, home, "a.jsonl", make_rows(), emb, pv.params)
+        dedup_rows(con, pv.params["dedup"], emb.model_id)
+        cluster_rows(con, pv, emb.model_id)
+        metrics = measure_clusters(con, pv.params["measure"], emb.model_id)
+        assert metrics.counts["clusters"] == 3 and "pca_2d" in metrics.images
+        review = review_clusters(con, pv, store, emb.model_id, home / "cache")
+        assert review.counts["clusters_reviewed"] == 3
+        published = publish_dataset(con, home / "exports", home / "plots")
+        n = published.counts["rows_published"] + published.counts["rows_in_dropped_clusters"]
+        assert n == 60
+        folder = home / "exports" / "cycle_001"
+        assert len(list(folder.glob("cluster_*.parquet"))) == published.counts["clusters_published"]
+        assert "Row accounting" in (folder / "DATASET_CARD.md").read_text("utf-8")
