@@ -165,3 +165,50 @@ def test_a_cycle_publishes_exports_and_a_card(home):
         folder = home / "exports" / "cycle_001"
         assert len(list(folder.glob("cluster_*.parquet"))) == published.counts["clusters_published"]
         assert "Row accounting" in (folder / "DATASET_CARD.md").read_text("utf-8")
+
+
+def test_openai_embeddings_and_reviews_through_the_stages(home, monkeypatch):
+    """The OpenAI paths end to end: embeddings from a local embeddings server, reviews from a local
+    chat server; the model's recommendation becomes the next parameter version."""
+    import re
+
+    from purify_assets.core.embedders import make_embedder
+    from tests.fake_openai_chat import FakeChatServer
+    from tests.fake_openai_embeddings import FakeEmbeddingsServer
+
+    monkeypatch.setenv("PURIFY_TEST_OPENAI_KEY", "sk-test-not-a-real-key-123")
+
+    def answer(body):
+        user = body["messages"][-1]["content"]
+        m = re.search(r"<cluster_data>\s*\{\"cluster\": (-?\d+)", user)
+        if not m:
+            return {"content": {"k_recommendation": "increase", "suggested_k": 4, "reasons": ["cluster 0 mixes tasks"]}}
+        return {"content": {"cluster": int(m.group(1)), "name": f"model name {m.group(1)}", "task_type": "summarization",
+                            "quality": 4, "verdict": "keep", "merge_with": None, "reasons": ["coherent"],
+                            "problem_row_ids": []}}
+
+    store = ParamsStore(home / "p.sqlite")
+    with FakeEmbeddingsServer(dim=32) as emb_srv, FakeChatServer(default=answer) as chat_srv:
+        from purify_assets.core.params import deep_merge
+
+        params = deep_merge(set_path(DEFAULT_PARAMS, "cluster.k", 3), {"embed": {"backend": "openai", "model": "text-embedding-3-small",
+                                            "base_url": emb_srv.base_url, "api_key_env": "PURIFY_TEST_OPENAI_KEY",
+                                            "text_template": "instruction"}})
+        params = deep_merge(params, {"review": {"reviewer": "openai", "model": "gpt-test", "base_url": chat_srv.base_url,
+                                             "api_key_env": "PURIFY_TEST_OPENAI_KEY", "timeout": 5, "max_retries": 1}})
+        pv = store.write(params, source="user", reason="openai test")
+        embedder = make_embedder(pv.params["embed"])
+        with wh.connect(home / "w.duckdb") as con:
+            _, report = load(con, home, "a.jsonl", make_rows(), embedder, pv.params)
+            assert report.counts["embedded"] == 60 and report.values["model_id"].startswith("openai:")
+            dedup_rows(con, pv.params["dedup"], embedder.model_id)
+            cluster_rows(con, pv, embedder.model_id)
+            measure_clusters(con, pv.params["measure"], embedder.model_id)
+            review = review_clusters(con, pv, store, embedder.model_id, home / "cache")
+            names = [r[0] for r in wh.run(con, "SELECT name FROM cluster_reviews WHERE scope = 'cluster' ORDER BY cluster")]
+        assert names == ["model name 0", "model name 1", "model name 2"]
+        assert review.values["reviewer"] == "openai:gpt-test" and review.counts["failures"] == 0
+        assert len(chat_srv.requests) == 4  # three clusters and the global question
+    nxt = store.current()
+    assert nxt.version == pv.version + 1 and nxt.source == "review" and nxt.params["cluster"]["k"] == 4
+    assert review.values["next_state"] == "applied"
