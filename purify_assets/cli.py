@@ -330,7 +330,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from purify_assets.core.params import ParamsError
         from purify_assets.core.warehouse import WarehouseError
 
-        if isinstance(exc, (ParamsError, WarehouseError, ValueError, OSError)) and not os.environ.get("PURIFY_DEBUG"):
+        import duckdb
+
+        if isinstance(exc, (ParamsError, WarehouseError, ValueError, OSError, duckdb.Error)) and not os.environ.get("PURIFY_DEBUG"):
             print(f"purify: {exc}", file=sys.stderr)
             return 1
         raise

@@ -252,6 +252,12 @@ class BatchReader:
                 self.info.format = "parquet"
                 yield self._q(1, "not a Parquet file (missing PAR1 magic)", sample[:200])
                 return
+            if not sample and self._stream_error is not None:
+                self.info.format = self.fmt or "unknown"
+                self.info.notes.append(f"stream unreadable from the start: {self._stream_error}")
+                yield self._q(1, f"cannot read the file: {self.info.compression or 'plain'} stream truncated or "
+                                 f"corrupt before the first complete block ({self._stream_error}); nothing parsed", b"")
+                return
             if not sample.strip(b" \t\r\n\x00") and not sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
                 self.info.format = self.fmt or "unknown"
                 self.info.notes.append("empty file" if not sample else "file holds only whitespace")
@@ -365,7 +371,7 @@ class BatchReader:
             try:
                 json.loads(line)
                 complete = True
-            except ValueError:
+            except (ValueError, RecursionError):
                 pass
             if not complete and "\n" not in stripped.rstrip("\r\n") and name.endswith((".jsonl", ".ndjson")):
                 return "jsonl"  # the first line is longer than the sniffing sample
@@ -383,7 +389,7 @@ class BatchReader:
                     try:
                         json.loads(x)
                         ok += 1
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         break
                 if ok >= 1 and ok == len(lines) - 1 and len(lines) > 1:
                     return "jsonl"
@@ -533,11 +539,11 @@ class BatchReader:
 
     def _jsonl(self, stream, sample, enc, offset):
         loads = json.loads
-        for line_no, text, raw in self._text_lines(stream, sample, enc, offset, lenient=False):
-            if text is None:
+        for line_no, s, raw in _split_cr(self._text_lines(stream, sample, enc, offset, lenient=False)):
+            if s is None:
                 yield self._q(line_no, self._line_error, raw)
                 continue
-            s = text.strip()
+            s = s.strip()
             if not s:
                 self.info.blank_lines += 1
                 continue
@@ -546,15 +552,22 @@ class BatchReader:
                 continue
             try:
                 value = loads(s)
+            except RecursionError:
+                yield self._q(line_no, "invalid JSON: nested too deeply to decode", s)
+                continue
             except ValueError as exc:
                 yield self._q(line_no, f"invalid JSON: {exc}", s)
+                continue
+            problem = _surrogate_problem(value) if _SURROGATE_ESCAPE.search(s) else None
+            if problem:
+                yield self._q(line_no, problem, s)
                 continue
             yield self._emit(line_no, value)
         self._finish_notes()
 
     def _text(self, stream, sample, enc, offset):
         self.info.notes.append("plain text: each non-blank line is one record {\"text\": line}")
-        for line_no, text, raw in self._text_lines(stream, sample, enc, offset, lenient=False):
+        for line_no, text, raw in _split_cr(self._text_lines(stream, sample, enc, offset, lenient=False)):
             if text is None:
                 yield self._q(line_no, self._line_error, raw)
                 continue
@@ -705,6 +718,23 @@ class BatchReader:
                     value, end = _BAD, bad_end
                     yield self._q(start_line, err, buf[pos:bad_end])
                     break
+                except (RecursionError, ValueError) as exc:  # nesting too deep, integer too long
+                    status, bad_end = _scan_element(buf, pos)
+                    if status == "incomplete" and not eof and len(buf) - pos < self.max_element_chars:
+                        more(max(chunk_chars, len(buf) - pos))
+                        continue
+                    if bad_end <= pos:
+                        nl = buf.find("\n", pos)
+                        bad_end = nl + 1 if nl != -1 else len(buf)
+                    why = "nested too deeply to decode" if isinstance(exc, RecursionError) else str(exc)
+                    value, end = _BAD, bad_end
+                    yield self._q(start_line, f"invalid JSON element #{seen + 1}: {why}", buf[pos:bad_end])
+                    break
+            if value is not _BAD and _SURROGATE_ESCAPE.search(buf, pos, end):
+                problem = _surrogate_problem(value)
+                if problem:
+                    yield self._q(start_line, f"element #{seen + 1}: {problem}", buf[pos:end])
+                    value = _BAD
             pos = end
             seen += 1
             if value is not _BAD:
@@ -872,6 +902,53 @@ class BatchReader:
 
 _BAD = object()
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _surrogate_problem(value: Any, path: str = "") -> str | None:
+    """A message when a decoded JSON value holds an unpaired UTF-16 surrogate (from a ``\\udXXX``
+    escape): such text is not valid Unicode and cannot be stored, so the record is quarantined."""
+    if isinstance(value, str):
+        m = _LONE_SURROGATE.search(value)
+        if m:
+            where = f"field {path!r}" if path else "the value"
+            return (f"{where} holds an unpaired UTF-16 surrogate escape (\\u{ord(m.group()):04x}) at character "
+                    f"{m.start() + 1}: not valid Unicode text")
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and _LONE_SURROGATE.search(k):
+                return f"a field name holds an unpaired UTF-16 surrogate escape ({k.encode('utf-8', 'backslashreplace').decode()!r})"
+            found = _surrogate_problem(v, f"{path}.{k}" if path else str(k))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _surrogate_problem(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _split_cr(lines: Iterator[tuple[int, str | None, Any]]) -> Iterator[tuple[int, str | None, Any]]:
+    """Treat a lone CR (classic Mac line ending, or CR mixed with LF) as a line break, as text mode does.
+
+    Line numbers then count every CR, LF or CRLF break, so they stay unique (row ids use them) and
+    match what an editor shows. Raw CR cannot occur inside a JSON string, so JSONL loses nothing.
+    """
+    extra = 0
+    for line_no, text, raw in lines:
+        if text is None or "\r" not in text.rstrip("\r\n"):
+            yield line_no + extra, text, raw
+            continue
+        pieces = text.replace("\r\n", "\n").rstrip("\n").split("\r")
+        if pieces and pieces[-1] == "":
+            pieces.pop()  # the line ended in a lone CR
+        for i, piece in enumerate(pieces):
+            yield line_no + extra + i, piece, raw
+        extra += len(pieces) - 1
+
 
 class _Guarded(io.RawIOBase):
     """Wraps the (possibly decompressing) stream: a read error ends the stream and is remembered."""
@@ -886,6 +963,8 @@ class _Guarded(io.RawIOBase):
     def read(self, n: int = -1) -> bytes:  # type: ignore[override]
         if self._owner._stream_error is not None:
             return b""
+        if self._owner.info.compression and (n is None or n < 0 or n > 8192):
+            n = 8192  # small reads: a truncated stream loses at most this much decoded data before the damage
         try:
             return self._stream.read(n)
         except Exception as exc:  # EOFError/OSError (gzip), ZstdError, zlib.error

@@ -104,7 +104,11 @@ def archive_file(path: Path, archive_dir: Path, *, known: dict[str, LandedBatch]
         return known[sha], False
     mapping = None
     mapping_file = path.with_name(path.name + ".mapping.json")
-    if mapping_file.exists():
+    try:
+        has_mapping = mapping_file.exists()
+    except OSError:  # e.g. the name is already at NAME_MAX: no mapping file can exist beside it
+        has_mapping = False
+    if has_mapping:
         try:
             mapping = json.loads(mapping_file.read_text("utf-8"))
         except ValueError as exc:
@@ -115,9 +119,13 @@ def archive_file(path: Path, archive_dir: Path, *, known: dict[str, LandedBatch]
     target_dir.mkdir(parents=True, exist_ok=True)
     safe_name = path.name.replace(os.sep, "_")
     target = target_dir / safe_name
-    tmp = target.with_name(target.name + ".part")
-    shutil.copyfile(path, tmp)
-    os.replace(tmp, target)
+    tmp = target_dir / ".incoming.part"  # short: ``<name>.part`` overflows NAME_MAX for a 251+ byte name
+    try:
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, target)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # disk full / read-only: leave no half-copied file behind
+        raise
     batch = LandedBatch(
         batch_key=batch_key_for(path.name, sha), sha256=sha, original_name=path.name,
         archived_path=str(target), bytes=target.stat().st_size, landed_at=time.time(), mapping=mapping,
@@ -140,8 +148,26 @@ def landing_candidates(landing_dir: Path) -> list[Path]:
             continue
         if p.name.endswith((".mapping.json", ".part", ".tmp")):
             continue
+        if p.is_symlink() and not is_inside(landing_dir, p):
+            continue  # a symlink to a file outside the landing folder is refused (see refused_candidates)
         out.append(p)
     return out
+
+
+def is_inside(base: Path, candidate: str | Path) -> bool:
+    try:
+        resolve_inside(base, candidate)
+        return True
+    except LandingError:
+        return False
+
+
+def refused_candidates(landing_dir: Path) -> list[Path]:
+    """Files in the landing folder that are symlinks resolving outside it: never archived."""
+    if not landing_dir.exists():
+        return []
+    return [p for p in sorted(landing_dir.rglob("*"))
+            if p.is_symlink() and p.is_file() and not is_inside(landing_dir, p)]
 
 
 def scan_landing(landing_dir: Path, archive_dir: Path, seen: dict[str, list] | None = None) -> tuple[list[LandedBatch], dict[str, list]]:

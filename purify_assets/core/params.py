@@ -32,10 +32,14 @@ DEFAULT_PARAMS: dict[str, Any] = {
     },
     "clean": {},  # CleanConfig defaults (see purify_assets.core.clean)
     "embed": {
-        "backend": "sentence-transformers",
-        "model": "all-MiniLM-L6-v2",
+        # Multilingual USE v3 (ships its weights, offline): on KoBEST (5 Korean task types) K-means task-type
+        # ARI 0.667 vs 0.277 for MiniLM, and the fastest backend measured here (bench/results/embed.md).
+        # English-only data: backend "onnx" (MiniLM int8, cosine 0.99 to torch) or "sentence-transformers"
+        # with any model name or path; "openai" for any OpenAI-compatible endpoint.
+        "backend": "use",
+        "model": "multilingual-v3",
         "text_template": "instruction",  # seed 001 embedded the instruction field
-        "batch_size": 64,
+        "batch_size": 256,
     },
     "dedup": {
         "exact": True,  # same normalized instruction + input + output
@@ -66,6 +70,10 @@ DEFAULT_PARAMS: dict[str, Any] = {
     },
     "measure": {
         "silhouette_sample": 5000,
+        # K-means k sweep as evidence for "how many clusters": "auto" = k-3 .. k+4 around cluster.k,
+        # a list of ks, or [] to skip. Runs on a sample of at most sweep_sample rows.
+        "k_sweep": "auto",
+        "sweep_sample": 20000,
     },
     "review": {
         "reviewer": "offline",

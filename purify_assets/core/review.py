@@ -488,6 +488,7 @@ class OfflineThresholds:
     clean_empty_output: float = 0.2
     clean_short_share: float = 0.3
     global_low_silhouette: float = 0.05  # global silhouette below this with a big cluster -> increase k
+    sweep_min_gain: float = 0.01       # a k sweep's best k beats the current k by this silhouette -> move to it
     global_big_share: float = 0.3
 
     @classmethod
@@ -680,6 +681,8 @@ def global_from_verdicts(clusters: Sequence[dict[str, Any]], evidence: Sequence[
 
     - net = splits - (merge pairs + drops); net > 0 -> increase, net < 0 -> decrease, suggested
       k = current k + net (at least 2);
+    - no verdict asks for a change, but a k sweep (``sweep_best_k`` in the global metrics) scores
+      another k better by at least ``sweep_min_gain`` silhouette -> move to that k;
     - no verdict asks for a change, but the global silhouette is low and one cluster holds a large
       share -> increase by one;
     - otherwise keep (suggested_k null).
@@ -706,7 +709,16 @@ def global_from_verdicts(clusters: Sequence[dict[str, Any]], evidence: Sequence[
         rec, sk = "decrease", max(2, k + net)
     else:
         biggest = max(evidence, key=lambda e: e.share, default=None)
-        if (not reasons and sil is not None and sil < th.global_low_silhouette and biggest is not None
+        gm = global_metrics or {}
+        best_k_swept = _num(gm, "sweep_best_k")
+        best_sil, cur_sil = _num(gm, "sweep_best_silhouette"), _num(gm, "sweep_current_silhouette")
+        if (not reasons and best_k_swept is not None and int(best_k_swept) != k and best_sil is not None
+                and cur_sil is not None and best_sil - cur_sil >= th.sweep_min_gain):
+            sk = int(best_k_swept)
+            rec = "increase" if sk > k else "decrease"
+            reasons.append(f"the k sweep scores k = {sk} best: silhouette {best_sil:.3f} against {cur_sil:.3f} at "
+                           f"k = {k} (gain >= {th.sweep_min_gain})")
+        elif (not reasons and sil is not None and sil < th.global_low_silhouette and biggest is not None
                 and biggest.share >= th.global_big_share):
             rec, sk = "increase", k + 1
             reasons.append(f"global silhouette {sil_txt} < {th.global_low_silhouette} and cluster {biggest.cluster} "

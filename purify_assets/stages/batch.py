@@ -31,8 +31,14 @@ class IngestError(ValueError):
     """A batch that cannot be loaded at all (e.g. no column maps to an instruction)."""
 
 
-def row_id_for(batch_key: str, line_no: int) -> str:
-    return f"{batch_key}:{line_no:09d}"
+def row_id_for(batch_key: str, line_no: int, nth_on_line: int = 0) -> str:
+    """``<batch>:<line>``; further records starting on the same line (a one-line JSON array) get
+    ``.<n>`` so every row id stays unique and sorts in file order."""
+    base = f"{batch_key}:{line_no:09d}"
+    return base if nth_on_line == 0 else f"{base}.{nth_on_line:06d}"
+
+
+MAPPING_PROBE_RECORDS = 1000  # records looked at for a mappable one before the batch is declared unmappable
 
 
 def ingest_batch(con: duckdb.DuckDBPyConnection, batch: LandedBatch, mapping_override: dict | None = None,
@@ -45,6 +51,9 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, batch: LandedBatch, mapping_ove
     rows: list[tuple] = []
     bad: list[tuple] = []
     n_rows = n_bad = 0
+    waiting: list[ParsedRecord] = []  # records read before any record's columns could be mapped
+    first_unmappable: tuple[int, Exception] | None = None
+    last_line, nth = -1, 0
     started = time.perf_counter()
 
     def flush() -> None:
@@ -54,6 +63,21 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, batch: LandedBatch, mapping_ove
         if bad:
             wh.insert_frame(con, "quarantine", pl.DataFrame(bad, schema=QUARANTINE_SCHEMA, orient="row"))
         rows, bad = [], []
+
+    def add_row(item: ParsedRecord) -> None:
+        nonlocal n_rows, last_line, nth
+        nth = nth + 1 if item.line_no == last_line else 0
+        last_line = item.line_no
+        mapped = map_record(item.record, mapping)
+        rows.append((
+            batch.batch_key, row_id_for(batch.batch_key, item.line_no, nth), batch.original_name, item.line_no,
+            json.dumps(item.record, ensure_ascii=False, default=str), mapped.instruction, mapped.input,
+            mapped.output, mapped.turns, mapping.has_output,
+        ))
+        n_rows += 1
+
+    def unmappable(line_no: int, exc: Exception) -> IngestError:
+        return IngestError(f"{batch.original_name} (batch {batch.batch_key}), line {line_no}: {exc}")
 
     with report.timed("parse_and_store"), wh.transaction(con):
         for table in ("raw_rows", "quarantine", "batches"):
@@ -65,20 +89,26 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, batch: LandedBatch, mapping_ove
             else:
                 assert isinstance(item, ParsedRecord)
                 if mapping is None:
+                    # the first record whose columns map decides the layout; records before it are kept
+                    # as rows (cleaning rejects their empty fields, with a reason) rather than failing the batch
                     try:
                         mapping = detect_mapping(list(item.record.keys()), override)
                     except UnmappableError as exc:
-                        raise IngestError(f"{batch.original_name} (batch {batch.batch_key}), line {item.line_no}: {exc}") from exc
-                mapped = map_record(item.record, mapping)
-                rows.append((
-                    batch.batch_key, row_id_for(batch.batch_key, item.line_no), batch.original_name, item.line_no,
-                    json.dumps(item.record, ensure_ascii=False, default=str), mapped.instruction, mapped.input,
-                    mapped.output, mapped.turns, mapping.has_output,
-                ))
-                n_rows += 1
+                        if first_unmappable is None:
+                            first_unmappable = (item.line_no, exc)
+                        waiting.append(item)
+                        if len(waiting) >= MAPPING_PROBE_RECORDS:
+                            raise unmappable(*first_unmappable) from exc
+                        continue
+                    for early in waiting:
+                        add_row(early)
+                    waiting.clear()
+                add_row(item)
             if len(rows) + len(bad) >= chunk_rows:
                 flush()
                 log(f"{batch.batch_key}: {n_rows:,} rows parsed, {n_bad:,} quarantined")
+        if waiting:  # no record of the file maps onto instruction/input/output
+            raise unmappable(*first_unmappable) from first_unmappable[1]
         flush()
         info = reader.info
         wh.run(con, "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -247,7 +247,7 @@ def latest_cycle_or_fail(con: duckdb.DuckDBPyConnection) -> int:
 
 
 def _labelled(con: duckdb.DuckDBPyConnection, cycle: int, model_id: str, with_text: bool = False) -> pl.DataFrame:
-    extra = ", c.text, c.instruction, c.output, c.lang" if with_text else ""
+    extra = ", c.text, c.instruction, c.input, c.output, c.lang" if with_text else ""
     return wh.frame(con, f"""
         SELECT l.row_id, l.cluster, l.strength, e.vector{extra} FROM cluster_labels l
         JOIN embeddings e ON e.row_id = l.row_id AND e.model_id = ?
@@ -335,14 +335,33 @@ def measure_clusters(con: duckdb.DuckDBPyConnection, measure_params: dict[str, A
     rows = _long_metrics(cycle, "global", "current", None, glob, params_hash)
     for item in per:
         rows += _long_metrics(cycle, "cluster", "current", int(item["cluster"]), item, params_hash)
-    sweep = measure_params.get("k_sweep") or []
-    if sweep and hasattr(m, "k_sweep") is False:
-        pass
+    sweep = sweep_ks(measure_params.get("k_sweep", "auto"), int(glob.get("n_clusters") or 0), len(data))
     if sweep:
-        from purify_assets.core.clustering import k_sweep
+        from purify_assets.core.clustering import best_k, k_sweep
+        from purify_assets.core.plots import line_chart_png
+
+        log(f"k sweep over {sweep} on at most {int(measure_params.get('sweep_sample', 20000)):,} rows")
         with report.timed("k_sweep"):
-            for item in k_sweep(vectors, [int(k) for k in sweep], seed=0, sample_size=sample):
-                rows += _long_metrics(cycle, "sweep", f"k={item['k']}", None, item, params_hash)
+            results = k_sweep(vectors, sweep, seed=0, sample_size=int(measure_params.get("sweep_sample", 20000)),
+                              silhouette_sample=sample)
+        for item in results:
+            rows += _long_metrics(cycle, "sweep", f"k={item['k']}", None, item, params_hash)
+        best = best_k(results)
+        if best is not None:
+            by_k = {int(r["k"]): r for r in results}
+            extra = {"sweep_best_k": best, "sweep_best_silhouette": by_k[best]["silhouette"]}
+            current = by_k.get(int(glob.get("n_clusters") or 0))
+            if current is not None:
+                extra["sweep_current_silhouette"] = current["silhouette"]
+            glob.update(extra)
+            rows += _long_metrics(cycle, "global", "current", None, extra, params_hash)
+        table = pl.DataFrame([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
+                               if k in ("k", "silhouette", "davies_bouldin", "calinski_harabasz", "stability")} for r in results])
+        report.markdown["k_sweep"] = wh.markdown_table(table, max_rows=40)
+        ks = [int(r["k"]) for r in results]
+        report.images["k_sweep"] = line_chart_png(ks, {"silhouette": [r["silhouette"] for r in results],
+                                                       "stability (ARI)": [r.get("stability", float("nan")) for r in results]},
+                                                  f"cycle {cycle}: K-means k sweep")
     frame = pl.DataFrame(rows, schema=METRIC_SCHEMA, orient="row")
     with report.timed("store"), wh.transaction(con):
         wh.replace_table(con, "cluster_metrics", frame, "cycle = ?", [cycle])
@@ -365,6 +384,21 @@ def measure_clusters(con: duckdb.DuckDBPyConnection, measure_params: dict[str, A
     max_noise = float(measure_params.get("max_noise_fraction", 0.3))
     report.checks["noise_fraction_below_maximum"] = (noise <= max_noise, f"noise fraction {noise:.1%} (maximum {max_noise:.0%})")
     return report
+
+
+def sweep_ks(setting: Any, current_k: int, n_rows: int) -> list[int]:
+    """The ks to sweep: "auto" = current k - 3 .. current k + 4 (at least 2, fewer than the rows)."""
+    if not setting:
+        return []
+    if setting == "auto":
+        if current_k < 1:
+            return []
+        ks = list(range(max(2, current_k - 3), current_k + 5))
+    elif isinstance(setting, (list, tuple)):
+        ks = sorted({int(k) for k in setting})
+    else:
+        raise ValueError(f"measure.k_sweep must be \"auto\", a list of ks or []; got {setting!r}")
+    return [k for k in ks if 2 <= k < max(n_rows, 2)]
 
 
 def _f(value: Any) -> float | None:
@@ -442,6 +476,16 @@ def review_clusters(con: duckdb.DuckDBPyConnection, params: ParamsVersion, store
     return report
 
 
+def _text_stats(rv: Any, part: pl.DataFrame) -> dict[str, Any]:
+    stats = rv.compute_text_stats(part["text"].to_list(), part["output"].to_list(), part["lang"].to_list())
+    # duplicates are whole rows: rows sharing an instruction template are not duplicates
+    whole = part.select(pl.concat_str([pl.col("instruction"), pl.col("input"), pl.col("output")], separator="\x1f",
+                                      ignore_nulls=True).str.to_lowercase().alias("row"))["row"]
+    stats["duplicate_share"] = round(1 - whole.n_unique() / max(len(whole), 1), 4)
+    stats["embedded_text_duplicate_share"] = round(1 - part["text"].n_unique() / max(len(part), 1), 4)
+    return stats
+
+
 def build_evidence(data: pl.DataFrame, cards: dict[int, dict[str, Any]], per: dict[int, dict[str, float]],
                    max_examples: int = 8) -> list[Any]:
     """What the reviewer reads per cluster: size, metrics, central and boundary rows, terms, text stats."""
@@ -458,7 +502,7 @@ def build_evidence(data: pl.DataFrame, cards: dict[int, dict[str, Any]], per: di
             cluster=c, size=len(part), share=len(part) / n, metrics=dict(per.get(c, {})),
             central=list(card.get("central", []))[:max_examples], boundary=list(card.get("boundary", []))[:max_examples],
             top_terms=terms.get(c, []),
-            text_stats=rv.compute_text_stats(part["text"].to_list(), part["output"].to_list(), part["lang"].to_list()),
+            text_stats=_text_stats(rv, part),
         ))
     return evidence
 

@@ -629,3 +629,18 @@ def test_large_cluster_mixing_two_task_types_is_split():
     assert verdicts == {0: "split", 1: "keep", 2: "keep"}
     assert "summarization" in review["clusters"][0]["reasons"][0] and "translation" in review["clusters"][0]["reasons"][0]
     assert review["global"]["k_recommendation"] == "increase" and review["global"]["suggested_k"] == 4
+
+
+def test_global_follows_the_k_sweep_when_no_verdict_asks_for_change():
+    from purify_assets.core.review import global_from_verdicts
+
+    ev = _healthy(4)
+    clusters = [{"cluster": e.cluster, "verdict": "keep", "merge_with": None} for e in ev]
+    base = {"silhouette": 0.2, "n_clusters": 4}
+    g = global_from_verdicts(clusters, ev, dict(base, sweep_best_k=7, sweep_best_silhouette=0.25, sweep_current_silhouette=0.2))
+    assert (g["k_recommendation"], g["suggested_k"]) == ("increase", 7)
+    assert "k sweep" in g["reasons"][0]
+    small_gain = dict(base, sweep_best_k=7, sweep_best_silhouette=0.205, sweep_current_silhouette=0.2)
+    assert global_from_verdicts(clusters, ev, small_gain)["k_recommendation"] == "keep"
+    fewer = dict(base, sweep_best_k=2, sweep_best_silhouette=0.3, sweep_current_silhouette=0.2)
+    assert global_from_verdicts(clusters, ev, fewer)["suggested_k"] == 2
