@@ -12,6 +12,12 @@ WAREHOUSE_POOL = "duckdb_warehouse"  # every asset writes the one DuckDB file: o
 
 def metadata_for(report: StageReport, params: ParamsVersion | None = None, table: str | None = None) -> dict[str, Any]:
     md: dict[str, Any] = {}
+    # plots and tables first: they are what a person reads in the UI; then counts, values, timings
+    for name, png in report.images.items():
+        encoded = base64.b64encode(png).decode("ascii")
+        md[f"plot.{name}"] = MetadataValue.md(f"![{name}](data:image/png;base64,{encoded})")
+    for name, text in report.markdown.items():
+        md[name] = MetadataValue.md(text)
     for name, value in report.counts.items():
         md[name] = MetadataValue.int(int(value))
     for name, value in report.values.items():
@@ -25,11 +31,6 @@ def metadata_for(report: StageReport, params: ParamsVersion | None = None, table
             md[name] = MetadataValue.text(str(value))
     for name, seconds in report.timings.items():
         md[f"seconds.{name}"] = MetadataValue.float(round(float(seconds), 3))
-    for name, text in report.markdown.items():
-        md[name] = MetadataValue.md(text)
-    for name, png in report.images.items():
-        encoded = base64.b64encode(png).decode("ascii")
-        md[f"plot.{name}"] = MetadataValue.md(f"![{name}](data:image/png;base64,{encoded})")
     for name, path in report.files.items():
         md[name] = MetadataValue.path(path)
     if params is not None:
