@@ -27,11 +27,16 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+try:
+    from tests.loopback_server import LoopbackServer
+except ImportError:  # run from inside tests/
+    from loopback_server import LoopbackServer
 from typing import Any, Callable
 
 
-class FakeChatServer:
+class FakeChatServer(LoopbackServer):
     def __init__(self, script: list[Any] | None = None, default: Callable[[dict], Any] | None = None,
                  reject_response_format: set[str] | None = None):
         self.script = list(script or [])
@@ -40,12 +45,10 @@ class FakeChatServer:
         self.requests: list[dict[str, Any]] = []
         self.responses: list[dict[str, Any]] = []  # what was sent back: status + body text
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def start(self) -> "FakeChatServer":
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -63,28 +66,11 @@ class FakeChatServer:
                     body = {"_raw": raw.decode("utf-8", "replace")}
                 server._handle(self, body)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
-        return self
+        return Handler
 
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
 
-    def __enter__(self) -> "FakeChatServer":
-        return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
-    @property
-    def base_url(self) -> str:
-        assert self._httpd is not None, "server not started"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
 
     @property
     def chat_requests(self) -> list[dict[str, Any]]:

@@ -21,7 +21,12 @@ import hashlib
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+try:
+    from tests.loopback_server import LoopbackServer
+except ImportError:  # run from inside tests/
+    from loopback_server import LoopbackServer
 
 import numpy as np
 
@@ -33,7 +38,7 @@ def fake_vector(text: str, dim: int) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-class FakeEmbeddingsServer:
+class FakeEmbeddingsServer(LoopbackServer):
     def __init__(self, dim: int = 32, api_key: str | None = None):
         self.dim = dim
         self.api_key = api_key  # when set, requests without "Bearer <api_key>" get 401
@@ -41,8 +46,6 @@ class FakeEmbeddingsServer:
         self.auth_headers: list[str] = []
         self._script: list[str] = []
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- control -------------------------------------------------------------------------------
     def script(self, steps: list[str]) -> None:
@@ -53,12 +56,8 @@ class FakeEmbeddingsServer:
         with self._lock:
             return self._script.pop(0) if self._script else None
 
-    @property
-    def base_url(self) -> str:
-        assert self._httpd is not None, "server not started"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
 
-    def start(self) -> "FakeEmbeddingsServer":
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -122,21 +121,7 @@ class FakeEmbeddingsServer:
                 return self._send(200, {"object": "list", "data": data, "model": body.get("model"),
                                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
-        self._thread.start()
-        return self
+        return Handler
 
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
 
-    def __enter__(self) -> "FakeEmbeddingsServer":
-        return self.start()
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
