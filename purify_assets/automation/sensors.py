@@ -13,7 +13,7 @@ from dagster import (
 
 from purify_assets.automation.jobs import BATCH_ASSET_KEYS, CYCLE_ASSET_KEYS, ingest_batch_job
 from purify_assets.automation.partitions import BATCHES, batch_partitions
-from purify_assets.core.landing import scan_landing
+from purify_assets.core.landing import refused_candidates, scan_landing
 from purify_assets.core.params import DEFAULT_PARAMS, affected_assets
 from purify_assets.resources import PurifyFiles, PurifyParams
 
@@ -28,6 +28,8 @@ def landing_sensor(context: SensorEvaluationContext, files: PurifyFiles):
     paths = files.paths
     new, seen = scan_landing(paths.landing, paths.archive, seen)
     keys = [b.batch_key for b in new if not context.instance.has_dynamic_partition(BATCHES, b.batch_key)]
+    for path in refused_candidates(paths.landing):
+        context.log.warning(f"refused {path}: it points outside the landing folder {paths.landing}")
     for batch in new:
         context.log.info(f"landed {batch.original_name} as batch {batch.batch_key} ({batch.bytes:,} bytes)")
     if not keys:

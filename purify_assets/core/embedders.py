@@ -557,9 +557,11 @@ class OpenAIEmbedder:
                  api_key_env: str = "OPENAI_API_KEY", dimensions: int | None = None,
                  max_batch_tokens: int = 100_000, max_batch_inputs: int = 512, timeout: float = 60.0,
                  max_retries: int = 6, retry_budget_s: float = 180.0, backoff_base_s: float = 1.0,
-                 backoff_max_s: float = 30.0, encoding_format: str = "float",
+                 backoff_max_s: float = 30.0, encoding_format: str = "float", redact_pii: bool = True,
                  sleep: Callable[[float], None] = time.sleep):
         self.model = str(model or DEFAULT_OPENAI_MODEL)
+        # text leaves the machine here: PII is redacted first even when cleaning kept it (clean.redact_pii false)
+        self.redact_pii = bool(redact_pii)
         self.base_url = base_url or None
         self.api_key_env = api_key_env or "OPENAI_API_KEY"
         self.dimensions = int(dimensions) if dimensions else None
@@ -697,6 +699,10 @@ class OpenAIEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         # The API rejects empty strings; a single space embeds "nothing" and keeps rows aligned.
         empty = sum(1 for t in texts if not t.strip())
+        if self.redact_pii:
+            from purify_assets.core.pii import redact
+
+            texts = [redact(t)[0] for t in texts]
         send = [t if t.strip() else " " for t in texts]
         out: np.ndarray | None = None
         for start, end in self.batches(send):
@@ -748,7 +754,7 @@ def make_embedder(config: dict[str, Any] | None = None) -> Embedder:
             raise ValueError(f"embed.model {model!r} is not an OpenAI embedding model; set embed.model "
                              f"(e.g. {DEFAULT_OPENAI_MODEL!r}) or a base_url that serves it")
         keys = ("base_url", "api_key_env", "dimensions", "max_batch_tokens", "max_batch_inputs", "timeout",
-                "max_retries", "retry_budget_s", "backoff_base_s", "backoff_max_s", "encoding_format")
+                "max_retries", "retry_budget_s", "backoff_base_s", "backoff_max_s", "encoding_format", "redact_pii")
         # ``batch_size`` is not used here: requests are sized by max_batch_inputs/max_batch_tokens.
         return OpenAIEmbedder(**opt(model=model, **{k: cfg.get(k) for k in keys}))
     raise ValueError(f"unknown embed.backend {cfg.get('backend')!r}; known backends: {', '.join(BACKENDS)}")

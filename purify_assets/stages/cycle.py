@@ -7,7 +7,9 @@ parameter version and hash it ran with. Later stages work on the latest cycle.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -62,7 +64,8 @@ def _signatures(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, num_perm: in
             sig = minhash_signatures(missing["full_text"].to_list(), num_perm=num_perm)
         fresh = pl.DataFrame({"row_hash": missing["row_hash"], "config": [config] * len(missing),
                               "signature": pl.Series(sig).cast(pl.List(pl.UInt64))})
-        wh.insert_frame(con, "dedup_signatures", fresh)
+        with wh.transaction(con):  # a cache keyed by (row hash, config): all of a batch of signatures or none
+            wh.insert_frame(con, "dedup_signatures", fresh)
         cached = pl.concat([cached.with_columns(pl.col("signature").cast(pl.List(pl.UInt64))),
                             fresh.select("row_hash", "signature")])
     table = rows.select("row_hash").join(cached, on="row_hash", how="left")
@@ -579,17 +582,28 @@ def publish_dataset(con: duckdb.DuckDBPyConnection, exports_dir: Path, plots_dir
     with report.timed("store"), wh.transaction(con):
         wh.replace_table(con, "purified_dataset", out)
     folder = exports_dir / f"cycle_{cycle:03d}"
-    folder.mkdir(parents=True, exist_ok=True)
+    # write a sibling folder, then swap it in: a run killed mid-export leaves the previous export whole
+    staging = exports_dir / f".{folder.name}.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
     with report.timed("export"):
-        for old in folder.glob("*"):
-            old.unlink()
         for (cluster, name), part in out.group_by(["cluster", "cluster_name"], maintain_order=True):
             stem = f"cluster_{int(cluster):03d}_{_safe_name(str(name or 'unnamed'))}"
-            part.write_ndjson(folder / f"{stem}.jsonl")
-            part.write_parquet(folder / f"{stem}.parquet")
-        out.write_ndjson(folder / "purified_all.jsonl")
-    card = dataset_card(con, cycle, out, dropped, plots_dir)
-    (folder / "DATASET_CARD.md").write_text(card, "utf-8")
+            part.write_ndjson(staging / f"{stem}.jsonl")
+            part.write_parquet(staging / f"{stem}.parquet")
+        out.write_ndjson(staging / "purified_all.jsonl")
+        card = dataset_card(con, cycle, out, dropped, plots_dir)
+        (staging / "DATASET_CARD.md").write_text(card, "utf-8")
+        if folder.exists():
+            retired = exports_dir / f".{folder.name}.old"
+            if retired.exists():
+                shutil.rmtree(retired)
+            os.replace(folder, retired)
+            os.replace(staging, folder)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, folder)
     latest = exports_dir / "latest"
     if latest.is_symlink() or latest.exists():
         latest.unlink()

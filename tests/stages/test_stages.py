@@ -212,3 +212,18 @@ def test_openai_embeddings_and_reviews_through_the_stages(home, monkeypatch):
     nxt = store.current()
     assert nxt.version == pv.version + 1 and nxt.source == "review" and nxt.params["cluster"]["k"] == 4
     assert review.values["next_state"] == "applied"
+
+
+def test_openai_embedder_redacts_pii_before_sending_even_when_cleaning_kept_it():
+    from purify_assets.core.embedders import make_embedder
+    from tests.fake_openai_embeddings import FakeEmbeddingsServer
+
+    text = "Write to kim.minsu@naver.com or call 010-1234-5678 about the order."
+    with FakeEmbeddingsServer(dim=16) as srv:
+        vectors = make_embedder({"backend": "openai", "model": "text-embedding-3-small", "base_url": srv.base_url}).embed([text])
+        sent = json.dumps(srv.requests, ensure_ascii=False)
+        assert vectors.shape == (1, 16)
+        assert "kim.minsu@naver.com" not in sent and "1234-5678" not in sent and "order" in sent
+        make_embedder({"backend": "openai", "model": "text-embedding-3-small", "base_url": srv.base_url,
+                       "redact_pii": False}).embed([text])
+        assert "kim.minsu@naver.com" in json.dumps(srv.requests[-1], ensure_ascii=False)  # the switch is real
