@@ -66,7 +66,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "project": {
         "methods": ["pca", "umap"],
         "seed": 0,
-        "fit_sample": 20000,
+        "fit_sample": 10000,  # rows each method is fitted on; the rest are placed (see core/projection.py)
     },
     "measure": {
         "silhouette_sample": 5000,

@@ -134,10 +134,13 @@ def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], mod
                 if mask is not None and not mask.any():
                     frames.append(prev("semantic"))
                 elif dedup_params.get("semantic_mode", "hybrid") == "hybrid":
+                    t = float(dedup_params.get("semantic_threshold", 0.85))
+                    w = float(dedup_params.get("semantic_weight_cosine", 0.5))
+                    # exact lower bounds: w*cos + (1-w)*J >= t needs cos >= (t-(1-w))/w and J >= (t-w)/(1-w)
                     frames.append(dedup.hybrid_duplicates(
-                        emb["row_id"].to_list(), _vectors(emb), sigs[has_vec.to_numpy()],
-                        threshold=float(dedup_params.get("semantic_threshold", 0.85)),
-                        weight_cosine=float(dedup_params.get("semantic_weight_cosine", 0.5)),
+                        emb["row_id"].to_list(), _vectors(emb), sigs[has_vec.to_numpy()], threshold=t, weight_cosine=w,
+                        candidate_cosine=max(0.0, (t - (1 - w)) / w) if w > 0 else 1.0,
+                        candidate_jaccard=max(0.0, (t - w) / (1 - w)) if w < 1 else 1.0,
                         response_lengths=emb["response_length"].to_list(), new_mask=mask, previous_sets=prev("semantic")))
                 else:
                     frames.append(dedup.semantic_duplicates(
