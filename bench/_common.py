@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-DATA = ROOT.parent / "shared" / "data"
+DATA = Path(os.environ.get("PURIFY_BENCH_DATA") or ROOT.parent / "shared" / "data")
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
 CACHE = BENCH / ".cache"
@@ -277,7 +277,8 @@ def machine_markdown(head: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------------------- data
 
-def nsmc_slice(n: int, dest_dir: Path = CACHE, start: int = 0, variant_copies: bool = True) -> Path:
+def nsmc_slice(n: int, dest_dir: Path = CACHE, start: int = 0, variant_copies: bool = True,
+               source: Path | None = None) -> Path:
     """A JSONL file of ``n`` NSMC rows from line ``start`` (cached in ``dest_dir``).
 
     Above the 712,404 real rows the file repeats NSMC with light variation (``variant_copies``):
@@ -285,6 +286,7 @@ def nsmc_slice(n: int, dest_dir: Path = CACHE, start: int = 0, variant_copies: b
     tag, so the rows differ in text and exact dedup cannot collapse the copies; near-dedup
     (MinHash) and semantic dedup will still see them as near duplicates, as they should.
     """
+    source = Path(source or NSMC)
     dest_dir.mkdir(parents=True, exist_ok=True)
     name = f"nsmc_{start}_{n}.jsonl" if start else f"nsmc_{n}.jsonl"
     path = dest_dir / name
@@ -295,12 +297,12 @@ def nsmc_slice(n: int, dest_dir: Path = CACHE, start: int = 0, variant_copies: b
     copy = 0
     with open(tmp, "w", encoding="utf-8") as out:
         while written < n:
-            with open(NSMC, encoding="utf-8") as src:
+            with open(source, encoding="utf-8") as src:
                 for i, line in enumerate(src):
                     if copy == 0 and i < start:
                         continue
                     if copy == 0:
-                        out.write(line)
+                        out.write(line if line.endswith("\n") else line + "\n")
                     else:
                         rec = json.loads(line)
                         rec["review_id"] = f"{rec.get('review_id')}-{copy}"
@@ -309,8 +311,8 @@ def nsmc_slice(n: int, dest_dir: Path = CACHE, start: int = 0, variant_copies: b
                     written += 1
                     if written >= n:
                         break
-            if not variant_copies:
-                break
+            if not variant_copies or (copy == 0 and written == 0):
+                break  # no copies wanted, or an empty source: stop rather than loop forever
             copy += 1
     os.replace(tmp, path)
     return path
@@ -513,31 +515,66 @@ def run_batch(ws: Workspace, con: Any, file: Path, embedder: Any, timings: list[
     return batch.batch_key
 
 
+def _stage(name: str, rows: int, timings: list[StageTiming], fn: Callable[[StageTiming], None],
+           failures: list[str]) -> StageTiming:
+    """Run one stage under ``measured``; a failure is recorded (error in ``detail``), not raised, so
+    the stages after it still get measured on whatever the warehouse holds."""
+    with measured(name, rows, timings) as t:
+        try:
+            fn(t)
+        except Exception as exc:  # noqa: BLE001 - a benchmark reports failures, it does not hide them
+            t.detail["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            failures.append(name)
+            print(f"WARNING: stage {name} failed: {t.detail['error']}", file=sys.stderr, flush=True)
+    return t
+
+
 def run_cycle(ws: Workspace, con: Any, model_id: str, timings: list[StageTiming], prefix: str = "") -> dict[str, Any]:
-    """One cycle over every kept row: dedup, cluster, project, metrics, review, publish."""
+    """One cycle over every kept row: dedup, cluster, project, metrics, review, publish.
+
+    A stage that raises is recorded with its error (and the returned ``failed`` list) and the
+    cycle goes on, as far as the later stages can."""
     from purify_assets.core import warehouse as wh
     from purify_assets.stages import cycle as cy
 
     params = ws.params.params
+    failed: list[str] = []
     n_clean = int(wh.scalar(con, "SELECT count(*) FROM clean_rows"))
-    with measured(prefix + "dedup", n_clean, timings) as t:
+    state: dict[str, Any] = {"kept": n_clean}
+
+    def steps(rep: Any) -> dict[str, float]:
+        return {k: round(v, 2) for k, v in rep.timings.items()}
+
+    def dedup(t: StageTiming) -> None:
         rep = cy.dedup_rows(con, params.get("dedup") or {}, model_id)
-        t.detail.update(removed=rep.counts.get("rows_removed", 0))
-    with measured(prefix + "cluster", rep.counts.get("rows_kept", n_clean), timings) as t:
+        state["kept"] = rep.counts.get("rows_kept", n_clean)
+        t.detail.update(removed=rep.counts.get("rows_removed", 0), mode=rep.values.get("mode"), steps=steps(rep))
+
+    def cluster(t: StageTiming) -> None:
         rep = cy.cluster_rows(con, ws.params, model_id)
-        t.rows = rep.counts["rows_clustered"]
-        t.detail.update(clusters=rep.counts["clusters"], steps={k: round(v, 2) for k, v in rep.timings.items()})
-    n = t.rows
-    with measured(prefix + "project", n, timings) as t:
+        t.rows = state["n"] = rep.counts["rows_clustered"]
+        t.detail.update(clusters=rep.counts["clusters"], steps=steps(rep))
+
+    def project(t: StageTiming) -> None:
         rep = cy.project_rows(con, params.get("project") or {}, model_id, ws.paths.plots)
-        t.detail.update(steps={k: round(v, 2) for k, v in rep.timings.items()})
-    with measured(prefix + "metrics", n, timings) as t:
+        t.detail.update(steps=steps(rep))
+
+    def metrics(t: StageTiming) -> None:
         rep = cy.measure_clusters(con, params.get("measure") or {}, model_id)
-        t.detail.update(silhouette=rep.values.get("silhouette"), steps={k: round(v, 2) for k, v in rep.timings.items()})
-    with measured(prefix + "review", n, timings) as t:
+        t.detail.update(silhouette=rep.values.get("silhouette"), steps=steps(rep))
+
+    def review(t: StageTiming) -> None:
         rep = cy.review_clusters(con, ws.params, ws.store, model_id, ws.paths.cache / "reviews")
-        t.detail.update(reviewer=rep.values.get("reviewer"), steps={k: round(v, 2) for k, v in rep.timings.items()})
-    with measured(prefix + "publish", n, timings) as t:
+        t.detail.update(reviewer=rep.values.get("reviewer"), steps=steps(rep))
+
+    def publish(t: StageTiming) -> None:
         rep = cy.publish_dataset(con, ws.paths.exports, ws.paths.plots)
+        t.rows = state["published"] = rep.counts["rows_published"]
         t.detail.update(published=rep.counts["rows_published"])
-    return {"rows_clustered": n, "rows_published": rep.counts["rows_published"]}
+
+    _stage(prefix + "dedup", n_clean, timings, dedup, failed)
+    _stage(prefix + "cluster", state["kept"], timings, cluster, failed)
+    n = state.get("n", state["kept"])
+    for name, fn in (("project", project), ("metrics", metrics), ("review", review), ("publish", publish)):
+        _stage(prefix + name, n, timings, fn, failed)
+    return {"rows_clustered": n, "rows_published": state.get("published", 0), "failed": failed}

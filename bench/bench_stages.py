@@ -45,14 +45,16 @@ STAGES = C.BATCH_STAGES + C.CYCLE_STAGES
 ENCODER_DIMS = {"use": 512, "onnx": 384, "onnx-fp32": 384, "st": 384, "hash": 384}
 
 
-def bench_params(project_methods: list[str] | None) -> dict[str, Any]:
+def bench_params(project_methods: list[str] | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Defaults, except: NSMC has no output column, so the offline reviewer's empty-output rules
     (meant for instruction/answer data) are switched off, or it would drop every cluster and the
-    publish stage would have nothing to write."""
+    publish stage would have nothing to write. ``extra`` (``--params``) is laid over the result."""
+    from purify_assets.core.params import deep_merge
+
     out: dict[str, Any] = {"review": {"thresholds": {"drop_empty_output": 1.01, "clean_empty_output": 1.01}}}
     if project_methods:
         out["project"] = {"methods": project_methods}
-    return out
+    return deep_merge(out, extra or {})
 
 
 # ------------------------------------------------------------------------------------ worker side
@@ -63,6 +65,7 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
     base_rss = C.rss_mb()
     if cfg["standin"]:
         embedder = C.HashProjectionEmbedder(dim=ENCODER_DIMS.get(cfg["embedder"], 384))
+        embedder.embed(["warm-up"])  # sklearn imports outside the timed stages, as a real model's load is
         embed_info = {"backend": embedder.backend, "model_id": embedder.model_id, "standin": True}
     else:
         embedder, embed_info = C.make_bench_embedder(cfg["embedder"])
@@ -70,17 +73,18 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
     home = Path(tempfile.mkdtemp(prefix="stages_", dir=cfg["work_dir"]))
     timings: list[C.StageTiming] = []
     try:
-        ws = C.Workspace(home, bench_params(cfg.get("project_methods")))
+        ws = C.Workspace(home, bench_params(cfg.get("project_methods"), cfg.get("params")))
         t0 = time.perf_counter()
         with ws.connect() as con:
             C.run_batch(ws, con, Path(cfg["file"]), embedder, timings)
-            C.run_cycle(ws, con, embedder.model_id, timings)
+            cycle = C.run_cycle(ws, con, embedder.model_id, timings)
         wall = time.perf_counter() - t0
         warehouse_mb = ws.paths.warehouse.stat().st_size / 2**20
     finally:
         shutil.rmtree(home, ignore_errors=True)
     return {"n": cfg["n"], "embed": embed_info, "model_load_seconds": round(load_seconds, 2),
             "stages": [t.as_dict() for t in timings], "cycle_wall_seconds": round(wall, 3),
+            "failed_stages": cycle["failed"],
             "peak_rss_mb": round(C.peak_rss_mb(), 1), "start_rss_mb": round(base_rss, 1),
             "warehouse_mb": round(warehouse_mb, 1)}
 
@@ -133,8 +137,11 @@ def aggregate(n: int, runs: list[dict[str, Any]], rate: dict[str, Any] | None) -
         }
     standin = runs[-1]["embed"].get("standin", False)
     full = C.summarize([sum(s["seconds"] for s in r["stages"]) for r in runs])
+    failed = sorted({f for r in runs for f in r.get("failed_stages", [])})
     out = {
         "n": n, "runs": len(runs), "embed": runs[-1]["embed"], "standin_vectors": standin,
+        "failed_stages": failed,
+        "errors": {s: by_stage[s]["detail"].get("error") for s in failed},
         "stages": by_stage, "full_cycle_seconds": full,
         "peak_rss_mb": C.summarize([r["peak_rss_mb"] for r in runs], 1),
         "warehouse_mb": runs[-1]["warehouse_mb"], "model_load_seconds": runs[-1]["model_load_seconds"],
@@ -162,6 +169,8 @@ def growth(sizes: list[dict[str, Any]]) -> dict[str, Any]:
         for s in sizes:
             if stage in ("embed", "full_cycle") and s["standin_vectors"] != sizes[0]["standin_vectors"]:
                 continue
+            if stage in s.get("failed_stages", []) or (stage == "full_cycle" and s.get("failed_stages")):
+                continue
             sec = s["full_cycle_seconds"]["median"] if stage == "full_cycle" else s["stages"][stage]["seconds"]["median"]
             if sec and sec > 0:
                 pts.append((s["n"], sec))
@@ -188,6 +197,8 @@ def markdown(res: dict[str, Any]) -> str:
         for stage in STAGES:
             st = s["stages"][stage]
             label = stage + (" (stand-in vectors)" if stage == "embed" and s["standin_vectors"] else "")
+            if stage in s.get("failed_stages", []):
+                label += " **FAILED**"
             rows.append({"n": s["n"], "stage": label, "rows": st["rows"], "seconds": st["seconds"]["median"],
                          "rows/s": st["rows_per_second"]["median"], "peak RSS MiB": st["peak_rss_mb"]["median"]})
         rows.append({"n": s["n"], "stage": "**full cycle**", "rows": s["stages"]["ingest"]["rows"],
@@ -207,6 +218,12 @@ def markdown(res: dict[str, Any]) -> str:
     for s in res["sizes"]:
         steps = {k: s["stages"][k]["detail"].get("steps") for k in ("cluster", "project", "metrics", "review")}
         lines.append(f"- sub-steps at {s['n']:,} rows (s): " + "; ".join(f"{k} {v}" for k, v in steps.items() if v))
+    for s in res["sizes"]:
+        for stage, err in (s.get("errors") or {}).items():
+            lines.append(f"- **{stage} failed at {s['n']:,} rows**: `{err}` (the stages after it ran on what the "
+                         "warehouse held; their times are still shown)")
+    for f in res.get("failed_runs", []):
+        lines.append(f"- **run {f['run']} at {f['n']:,} rows failed**: `{f['error'][-400:]}`")
     if res.get("not_run"):
         lines += ["", "## Not run in this session", ""]
         lines += [f"- {x['n']:,} rows: `{x['command']}` ({x['why']})" for x in res["not_run"]]
@@ -231,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--embed-sample", type=int, default=5000, help="rows for measuring the real encoder's rate")
     ap.add_argument("--project-methods", default=None, help="override project.methods, e.g. pca (default: pca,umap)")
     ap.add_argument("--timeout", type=float, default=7200, help="seconds per subprocess")
+    ap.add_argument("--params", default=None, help='JSON laid over the parameters, e.g. \'{"dedup": {"semantic": false}}\'')
     ap.add_argument("--smoke", "--quick", action="store_true", dest="smoke", help="500 rows, stand-in vectors, PCA only")
     ap.add_argument("--out", default=str(C.RESULTS / "stages"), help="output path without extension")
     args = ap.parse_args(argv)
@@ -244,13 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     runs = [int(r) for r in args.runs.split(",")]
     runs = (runs + [runs[-1]] * len(sizes))[:len(sizes)]
     methods = args.project_methods.split(",") if args.project_methods else None
+    extra = json.loads(args.params) if args.params else None
     work_dir = C.CACHE / "work"
     work_dir.mkdir(parents=True, exist_ok=True)
 
     res = C.header("bench_stages", ["bench_stages"] + argv)
     res["settings"] = {"sizes": sizes, "runs": runs, "embedder": args.embedder, "standin_above": args.standin_above,
                        "embed_sample": args.embed_sample, "project_methods": methods or "defaults (pca, umap)",
-                       "params_override": bench_params(methods)}
+                       "params_override": bench_params(methods, extra)}
     res["data"] = (f"{C.NSMC.relative_to(C.ROOT.parent)} (first n lines; above {C.NSMC_ROWS:,} rows repeated with "
                    f"light variation: copy c appends one of {C.VARIANT_SUFFIXES})")
     need_rate = args.embedder != "hash" and any(n > args.standin_above for n in sizes)
@@ -267,13 +286,19 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(k):
             print(f"{n:,} rows, run {i + 1}/{k} ({'stand-in vectors' if standin else args.embedder}) ...", flush=True)
             cfg = {"n": n, "file": str(file), "embedder": args.embedder, "standin": standin,
-                   "project_methods": methods, "work_dir": str(work_dir)}
-            r = spawn("--worker", cfg, args.timeout)
+                   "project_methods": methods, "work_dir": str(work_dir), "params": extra}
+            try:
+                r = spawn("--worker", cfg, args.timeout)
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                print(f"  FAILED: {str(exc)[-1500:]}", flush=True)
+                res.setdefault("failed_runs", []).append({"n": n, "run": i + 1, "error": str(exc)[-1500:]})
+                continue
             steps = ", ".join(f"{s['stage']} {s['seconds']:.1f}s" for s in r["stages"])
             print(f"  full cycle {sum(s['seconds'] for s in r['stages']):.1f}s, peak RSS {r['peak_rss_mb']:.0f} MiB "
                   f"({steps})", flush=True)
             out_runs.append(r)
-        res["sizes"].append(aggregate(n, out_runs, res.get("embed_rate")))
+        if out_runs:
+            res["sizes"].append(aggregate(n, out_runs, res.get("embed_rate")))
     res["growth"] = growth(res["sizes"])
     full_cmd = "python bench/bench_stages.py --sizes 1700000 --runs 1 --standin-above 10000000"
     res["not_run"] = [

@@ -990,7 +990,8 @@ def hybrid_duplicates(
         i, j = keys // n, keys % n
 
     def score(m: np.ndarray, r: np.ndarray) -> np.ndarray:
-        return weight_cosine * np.einsum("ij,ij->i", x[m], x[r]) + (1 - weight_cosine) * _estimated_jaccard(sig, m, r)
+        # chunked: gathering both rows of millions of candidate pairs at once would need n_pairs x dim floats
+        return weight_cosine * _cosines(x, m, r) + (1 - weight_cosine) * _estimated_jaccard(sig, m, r)
 
     if len(i):
         keep = score(i, j) >= threshold
@@ -1055,7 +1056,7 @@ def conflicting_responses(
 
     def rsim(m: np.ndarray, r: np.ndarray) -> np.ndarray:
         if rvec is not None:
-            return np.einsum("ij,ij->i", rvec[m], rvec[r])
+            return _cosines(rvec, m, r)
         return _estimated_jaccard(rsig, m, r)
 
     # instruction groups

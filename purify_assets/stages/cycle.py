@@ -149,12 +149,16 @@ def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], mod
         report.counts["semantic.rows_without_vector"] = int(n - len(emb))
     if n and dedup_params.get("conflicts", True):
         with report.timed("conflicts"):
-            key = rows.select(pl.concat_str([pl.col("instruction"), pl.col("input")], separator="\x1f")
-                              .hash().cast(pl.String).alias("k"))["k"].to_list()
-            with_output = rows["output"].fill_null("").to_list()
-            frames.append(dedup.conflicting_responses(
-                ids, key, with_output, lengths,
-                max_response_similarity=float(dedup_params.get("conflict_max_response_similarity", 0.5))))
+            keyed = rows.select("row_id", "output", "response_length", pl.concat_str(
+                [pl.col("instruction"), pl.col("input")], separator="\x1f").hash().cast(pl.String).alias("k"))
+            # only rows whose instruction + input occurs more than once can conflict
+            shared = keyed.filter(pl.col("k").is_duplicated() & pl.col("output").is_not_null())
+            report.counts["conflicts.rows_sharing_an_instruction"] = len(shared)
+            if len(shared):
+                frames.append(dedup.conflicting_responses(
+                    shared["row_id"].to_list(), shared["k"].to_list(), shared["output"].to_list(),
+                    shared["response_length"].to_list(),
+                    max_response_similarity=float(dedup_params.get("conflict_max_response_similarity", 0.5))))
     frames = [f for f in frames if f is not None and len(f)]
     sets = dedup.combine_sets(*frames).select(dedup.DEDUP_COLUMNS) if frames else None
     state_now = rows.select("row_id", "row_hash", "text_hash").with_columns(pl.lit(config).alias("config"))
@@ -483,7 +487,9 @@ def review_clusters(con: duckdb.DuckDBPyConnection, params: ParamsVersion, store
 
 
 def _text_stats(rv: Any, part: pl.DataFrame) -> dict[str, Any]:
-    stats = rv.compute_text_stats(part["text"].to_list(), part["output"].to_list(), part["lang"].to_list())
+    # rows of a text-only layout (no output column) have no outputs to count as empty
+    outputs = part["output"].to_list() if part["output"].null_count() < len(part) else None
+    stats = rv.compute_text_stats(part["text"].to_list(), outputs, part["lang"].to_list())
     # duplicates are whole rows: rows sharing an instruction template are not duplicates
     whole = part.select(pl.concat_str([pl.col("instruction"), pl.col("input"), pl.col("output")], separator="\x1f",
                                       ignore_nulls=True).str.to_lowercase().alias("row"))["row"]

@@ -227,3 +227,24 @@ def test_openai_embedder_redacts_pii_before_sending_even_when_cleaning_kept_it()
         make_embedder({"backend": "openai", "model": "text-embedding-3-small", "base_url": srv.base_url,
                        "redact_pii": False}).embed([text])
         assert "kim.minsu@naver.com" in json.dumps(srv.requests[-1], ensure_ascii=False)  # the switch is real
+
+
+def test_text_only_rows_are_not_dropped_for_missing_outputs(home):
+    """A plain-text layout (reviews, no output column) has no outputs: the reviewer must not read
+    that as 100% empty outputs and drop every cluster."""
+    emb = TrigramEmbedder()
+    store = ParamsStore(home / "p.sqlite")
+    pv = store.write(set_path(DEFAULT_PARAMS, "cluster.k", 3), source="user", reason="test")
+    rows = [{"text": f"{adj} movie number {i}, the {noun} was {adj} and I would watch it again"}
+            for i, (adj, noun) in enumerate([(a, n) for a in ("great", "dull", "strange", "lovely")
+                                              for n in ("plot", "cast", "music", "ending", "pacing")] * 3)]
+    with wh.connect(home / "w.duckdb") as con:
+        load(con, home, "reviews.jsonl", rows, emb, pv.params)
+        dedup_rows(con, pv.params["dedup"], emb.model_id)
+        cluster_rows(con, pv, emb.model_id)
+        measure_clusters(con, pv.params["measure"], emb.model_id)
+        review_clusters(con, pv, store, emb.model_id, home / "cache")
+        verdicts = [v for (v,) in wh.run(con, "SELECT verdict FROM cluster_reviews WHERE scope = 'cluster'")]
+        published = publish_dataset(con, home / "exports", home / "plots")
+    assert verdicts and "drop" not in verdicts
+    assert published.counts["rows_published"] > 0

@@ -1,0 +1,127 @@
+"""The benchmark suite cannot rot: its smoke run writes every results file with the expected keys.
+
+The smoke run needs ../shared/data (NSMC, KoBEST, BELLE) and skips without it; the target logic
+and the data helpers are also tested on synthetic input, which needs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+DATA = ROOT.parent / "shared" / "data"  # ../shared/data beside the project
+sys.path.insert(0, str(BENCH))
+
+import _common as C  # noqa: E402
+import run_all  # noqa: E402
+
+STAGES = ["ingest", "clean", "embed", "dedup", "cluster", "project", "metrics", "review", "publish"]
+
+
+def _run(args: list[str], env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCH / "run_all.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=str(ROOT), env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def smoke_dir(tmp_path_factory) -> Path:
+    if not (DATA / "nsmc" / "nsmc_raw_reviews.jsonl").exists():
+        pytest.skip(f"shared data absent ({DATA}); the benchmark smoke run needs NSMC, KoBEST and BELLE")
+    out = tmp_path_factory.mktemp("bench_smoke")
+    proc = _run(["--smoke", "--only", "stages,incremental,bertopic", "--out-dir", str(out)])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_summary_has_machine_versions_targets_and_runs(smoke_dir):
+    summary = json.loads((smoke_dir / "summary.json").read_text("utf-8"))
+    assert {"machine", "versions", "benchmarks", "targets", "mode", "total_seconds"} <= set(summary)
+    assert summary["machine"]["cores"] >= 1 and summary["machine"]["ram_gib"] > 0
+    for key in ("python", "duckdb", "dagster", "sklearn", "umap", "hdbscan", "torch"):
+        assert key in summary["versions"]
+    assert {b["name"]: b["status"] for b in summary["benchmarks"]} == {
+        "stages": "ok", "incremental": "ok", "bertopic": "ok"}
+    assert len(summary["targets"]) == 5
+    assert all(t["status"] in {"met", "missed", "not run"} or t["status"].startswith("not run") for t in summary["targets"])
+    md = (smoke_dir / "summary.md").read_text("utf-8")
+    assert "## Targets" in md and "incremental" in md
+
+
+def test_stage_results_cover_every_stage_with_rate_and_memory(smoke_dir):
+    res = json.loads((smoke_dir / "stages.json").read_text("utf-8"))
+    (size,) = res["sizes"]
+    assert size["n"] == 500 and size["standin_vectors"] is True
+    assert list(size["stages"]) == STAGES
+    for stage, item in size["stages"].items():
+        assert item["rows"] > 0, stage
+        assert item["rows_per_second"]["median"] > 0, stage
+        assert item["peak_rss_mb"]["median"] > 10, stage  # a Python process with numpy is never this small
+    # the rows flow: ingest sees all 500, later stages never see more than cleaning kept
+    assert size["stages"]["ingest"]["rows"] == 500
+    assert size["stages"]["cluster"]["rows"] <= size["stages"]["embed"]["rows"] <= 500
+    assert size["peak_rss_mb"]["median"] >= max(i["peak_rss_mb"]["median"] for i in size["stages"].values()) - 1
+    full = size["full_cycle_seconds"]["median"]
+    assert full == pytest.approx(sum(i["seconds"]["median"] for i in size["stages"].values()), rel=0.01)
+
+
+def test_incremental_and_bertopic_results(smoke_dir):
+    inc = json.loads((smoke_dir / "incremental.json").read_text("utf-8"))
+    assert inc["settings"]["new_rows"] == 50
+    f = inc["fraction"]["median"]
+    assert 0 < f == pytest.approx(inc["incremental_seconds"]["median"] / inc["full_seconds"]["median"], rel=1e-3)
+    assert inc["target"]["met"] == (f <= 0.10)
+    assert inc["dominant_stage"] in STAGES
+    bt = json.loads((smoke_dir / "bertopic.json").read_text("utf-8"))
+    assert set(bt["sets"]) and all("purify-kmeans" in s["methods"] for s in bt["sets"].values())
+    for s in bt["sets"].values():
+        km = s["methods"]["purify-kmeans"]
+        assert km["clusters"]["median"] == s["true_labels"]  # K-means with k = the true number of labels
+        assert -1 <= km["ari"]["median"] <= 1 and 0 <= km["nmi"]["median"] <= 1
+
+
+def test_skips_cleanly_without_shared_data(tmp_path):
+    proc = _run(["--smoke", "--out-dir", str(tmp_path)], env={"PURIFY_BENCH_DATA": str(tmp_path / "absent")}, timeout=60)
+    assert proc.returncode == 0
+    assert "SKIP" in proc.stdout
+    assert not (tmp_path / "summary.json").exists()
+
+
+# ------------------------------------------------------------------- pure helpers, no data needed
+
+def test_nsmc_slice_repeats_with_variation_so_exact_dedup_cannot_collapse(tmp_path):
+    src = tmp_path / "src.jsonl"
+    src.write_text("".join(json.dumps({"review_id": str(i), "review": f"리뷰 {i}"}, ensure_ascii=False) + "\n"
+                           for i in range(3)), "utf-8")
+    path = C.nsmc_slice(8, dest_dir=tmp_path / "out", source=src)
+    rows = [json.loads(line) for line in path.read_text("utf-8").splitlines()]
+    assert len(rows) == 8
+    assert len({r["review_id"] for r in rows}) == 8
+    assert len({r["review"] for r in rows}) == 8  # every copy differs in text
+    assert rows[3]["review"].startswith(rows[0]["review"]) and rows[3]["review"] != rows[0]["review"]
+
+
+def test_targets_met_and_missed_from_results():
+    def size(n, full, mem, standin=False):
+        stages = {s: {"rows": n, "seconds": {"median": full / len(STAGES)}, "rows_per_second": {"median": 1.0},
+                      "peak_rss_mb": {"median": mem}, "detail": {}} for s in STAGES}
+        return {"n": n, "standin_vectors": standin, "embed": {"model_id": "m"}, "stages": stages,
+                "full_cycle_seconds": {"median": full}, "peak_rss_mb": {"median": mem}}
+
+    stages = {"sizes": [size(100_000, 200.0, 1000.0), size(712_404, 900.0, 5000.0, standin=True)],
+              "embed_rate": {"rows_per_second": {"median": 800.0}, "peak_rss_mb": 600.0}, "growth": {}}
+    inc = {"fraction": {"median": 0.25}, "dominant_stage": "project", "settings": {"rows": 20000, "new_rows": 2000},
+           "embed": {"standin": False}}
+    rows = {r["target"]: r for r in run_all.targets({"stages": stages, "incremental": inc})}
+    by = {k.split(":")[0].split(" <=")[0]: v["status"] for k, v in rows.items()}
+    assert by["full cycle on 100k rows"] == "met"  # 200 s <= 300 s
+    assert by["peak memory"] == "missed"  # 5000 MiB > 4 GiB
+    assert by["incremental batch (+10 % rows)"] == "missed"
+    assert by["1.7M rows, one full cycle"].startswith("not run (projection")
+    assert by["clustering >= 3x faster than BERTopic default at >= ARI"] == "not run"
