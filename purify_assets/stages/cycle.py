@@ -482,6 +482,7 @@ def review_clusters(con: duckdb.DuckDBPyConnection, params: ParamsVersion, store
     report.markdown["reviews"] = wh.markdown_table(frame.filter(pl.col("scope") == "cluster").select(
         "cluster", "name", "task_type", "quality", "verdict", "merge_with", "reasons"), max_rows=60, max_chars=120)
     report.markdown["global"] = "\n".join(f"- {r}" for r in g.get("reasons", [])) or "_no reasons given_"
+    report.markdown["cluster_cards"] = cluster_cards_markdown(evidence, {int(c["cluster"]): c for c in review["clusters"]})
     report.markdown["cycles"] = wh.markdown_table(cycle_history(con))
     return report
 
@@ -517,6 +518,24 @@ def build_evidence(data: pl.DataFrame, cards: dict[int, dict[str, Any]], per: di
             text_stats=_text_stats(rv, part),
         ))
     return evidence
+
+
+def cluster_cards_markdown(evidence: list[Any], verdicts: dict[int, dict[str, Any]], n_central: int = 3,
+                           n_boundary: int = 2, max_chars: int = 140) -> str:
+    """Per cluster: name, verdict, size, the rows nearest its centre and rows at its boundary."""
+    def clip(text: str) -> str:
+        text = " ".join(str(text).split()).replace("|", "\\|")
+        return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+    parts = []
+    for ev in evidence:
+        v = verdicts.get(int(ev.cluster), {})
+        parts.append(f"**Cluster {ev.cluster}: {v.get('name', '')}** ({ev.size:,} rows, {ev.share:.1%}; "
+                     f"{v.get('task_type', '?')}; verdict **{v.get('verdict', '?')}**)")
+        parts += [f"- centre: `{r.get('row_id')}` {clip(r.get('text', ''))}" for r in ev.central[:n_central]]
+        parts += [f"- boundary: `{r.get('row_id')}` {clip(r.get('text', ''))}" for r in ev.boundary[:n_boundary]]
+        parts.append("")
+    return "\n".join(parts)
 
 
 def review_chain_length(store: ParamsStore, version: int) -> int:

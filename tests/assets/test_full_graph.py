@@ -141,3 +141,22 @@ def test_planted_junk_is_rejected_with_reasons(con):
     assert html_left == 0
     assert wh.scalar(con, "SELECT count(*) FROM clean_rows WHERE regexp_matches(coalesce(input,'') || coalesce(output,''), "
                           "'010-[0-9]{4}-[0-9]{4}')") == 0
+
+
+def test_zz_retracting_a_batch_removes_it_everywhere_on_the_next_cycle(demo_home, capsys):
+    """Runs last in this module: it changes the shared demo workspace."""
+    with wh.connect(demo_home.warehouse, read_only=True) as c:
+        batch = wh.scalar(c, "SELECT batch_id FROM batches ORDER BY batch_id LIMIT 1")
+        before = wh.scalar(c, "SELECT count(*) FROM raw_rows")
+        in_batch = wh.scalar(c, "SELECT count(*) FROM raw_rows WHERE batch_id = ?", [batch])
+    assert cli.main(["--home", str(demo_home.home), "retract", batch]) == 0
+    assert not DagsterInstance.get().has_dynamic_partition("batches", batch)
+    assert cli.main(["--home", str(demo_home.home), "run"]) == 0
+    with wh.connect(demo_home.warehouse, read_only=True) as c:
+        assert wh.scalar(c, "SELECT count(*) FROM raw_rows") == before - in_batch
+        for table in ("clean_rows", "rejected_rows", "embeddings", "quarantine"):
+            assert wh.scalar(c, f"SELECT count(*) FROM {table} WHERE batch_id = ?", [batch]) == 0
+        cycle = wh.current_cycle(c)
+        assert wh.scalar(c, "SELECT count(*) FROM cluster_labels WHERE cycle = ? AND starts_with(row_id, ?)", [cycle, batch]) == 0
+        assert wh.scalar(c, "SELECT count(*) FROM purified_dataset WHERE batch_id = ?", [batch]) == 0
+        assert wh.scalar(c, "SELECT count(*) FROM dedup_sets WHERE starts_with(row_id, ?)", [batch]) == 0
