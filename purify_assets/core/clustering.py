@@ -176,9 +176,12 @@ def _as_matrix(vectors: Any) -> np.ndarray:
         raise ValueError(f"vectors must be a 2-D array (rows x dims), got shape {x.shape}")
     if x.dtype != np.float32:
         x = x.astype(np.float32)
-    if x.shape[0] and not np.isfinite(x[: min(len(x), 10000)]).all():
-        bad = np.where(~np.isfinite(x).all(axis=1))[0]
-        raise ValueError(f"vectors contain NaN/inf in {len(bad)} row(s), first at row {int(bad[0])}")
+    # every row, in chunks (checking only a prefix let a NaN row further down be assigned a
+    # cluster and turn that cluster's centre into NaN when the fit ran on a sample)
+    for s in range(0, x.shape[0], CHUNK):
+        if not np.isfinite(x[s : s + CHUNK]).all():
+            bad = np.where(~np.isfinite(x).all(axis=1))[0]
+            raise ValueError(f"vectors contain NaN/inf in {len(bad)} row(s), first at row {int(bad[0])}")
     return x
 
 
