@@ -1,0 +1,166 @@
+"""Projections: shapes and dtype for every method, tiny-input fallbacks, fit-on-a-sample placement,
+determinism. One small UMAP fit for the whole file (numba compiles on first use)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_blobs
+
+from purify_assets.core.projection import METHODS, knn_place, project
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One BLAS/OpenMP thread: on a busy 2-core machine t-SNE's threads spin and a 0.2 s fit
+    takes 5-10 s (measured here); one thread is also what the results are compared under."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    x, y = make_blobs(n_samples=200, centers=4, n_features=32, cluster_std=1.0, random_state=0)
+    return unit(x), y
+
+
+def fit_rows(n: int, fit_sample: int, seed: int) -> np.ndarray:
+    """The rows ``project`` fits on (same draw as the module: default_rng(seed), sorted)."""
+    return np.sort(np.random.default_rng(seed).choice(n, size=fit_sample, replace=False))
+
+
+def placed_near_own_cluster(coords: np.ndarray, y: np.ndarray, fit_idx: np.ndarray) -> float:
+    """Share of placed (not fitted) rows whose nearest fitted row, in the projection, has the
+    same true cluster."""
+    rest = np.setdiff1d(np.arange(len(y)), fit_idx)
+    d = ((coords[rest][:, None, :] - coords[fit_idx][None, :, :]) ** 2).sum(axis=2)
+    nearest = fit_idx[np.argmin(d, axis=1)]
+    return float((y[nearest] == y[rest]).mean())
+
+
+@pytest.fixture(scope="module")
+def tsne2(data):
+    x, _ = data
+    return project(x, "tsne", 2, seed=0, fit_sample=80)
+
+
+@pytest.fixture(scope="module")
+def umap3(data):
+    """The file's only UMAP fit: 3-D, fitted on 120 of 200 rows, the rest placed by k-NN."""
+    x, _ = data
+    return project(x, "umap", 3, seed=0, fit_sample=120)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_pca_shape_dtype_and_variance_order(data, d):
+    x, _ = data
+    out = project(x, "pca", d)
+    assert out.shape == (len(x), d) and out.dtype == np.float32
+    assert np.isfinite(out).all()
+    var = out.var(axis=0)
+    assert (np.diff(var) <= 1e-6).all()  # components come in order of explained variance
+
+
+def test_tsne_2d_places_every_row_near_its_cluster(data, tsne2):
+    x, y = data
+    assert tsne2.shape == (len(x), 2) and tsne2.dtype == np.float32 and np.isfinite(tsne2).all()
+    assert placed_near_own_cluster(tsne2, y, fit_rows(len(x), 80, 0)) > 0.95
+
+
+def test_tsne_3d_shape(data):
+    x, y = data
+    out = project(x[:60], "tsne", 3, seed=0)
+    assert out.shape == (60, 3) and out.dtype == np.float32 and np.isfinite(out).all()
+    assert out.std(axis=0).min() > 0  # a real third axis, not zero padding
+
+
+def test_tsne_fits_under_one_thread_unless_told_otherwise(data, monkeypatch):
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    x, _ = data
+    seen = []
+
+    def fake_fit(self, xs):  # records the thread limits in force during the fit; cheap stand-in
+        seen.append({p["num_threads"] for p in threadpool_info()})
+        return np.random.default_rng(0).normal(size=(len(xs), self.n_components))
+
+    monkeypatch.setattr(TSNE, "fit_transform", fake_fit)
+    with threadpool_limits(limits=2):
+        before = [p["num_threads"] for p in threadpool_info()]
+        project(x[:60], "tsne", 2)
+        project(x[:60], "tsne", 2, tsne_threads=None)
+        after = [p["num_threads"] for p in threadpool_info()]
+    assert seen == [{1}, {2}]
+    assert before == after  # the limit is lifted after the fit
+
+
+def test_umap_3d_places_every_row_near_its_cluster(data, umap3):
+    x, y = data
+    assert umap3.shape == (len(x), 3) and umap3.dtype == np.float32 and np.isfinite(umap3).all()
+    assert umap3.std(axis=0).min() > 0
+    assert placed_near_own_cluster(umap3, y, fit_rows(len(x), 120, 0)) > 0.95
+
+
+def test_pca_on_a_sample_transforms_the_rest(data):
+    x, _ = data
+    full = project(x, "pca", 2, fit_sample=len(x))
+    part = project(x, "pca", 2, fit_sample=100)
+    assert part.shape == full.shape
+    # the same plane up to sign/rotation: distances between rows are nearly preserved
+    i, j = np.triu_indices(50, 1)
+    df = np.linalg.norm(full[i] - full[j], axis=1)
+    dp = np.linalg.norm(part[i] - part[j], axis=1)
+    assert np.corrcoef(df, dp)[0, 1] > 0.95
+
+
+def test_same_seed_same_projection(data, tsne2):
+    x, _ = data
+    np.testing.assert_array_equal(project(x, "tsne", 2, seed=0, fit_sample=80), tsne2)
+    np.testing.assert_array_equal(project(x, "pca", 3, seed=1, fit_sample=50), project(x, "pca", 3, seed=1, fit_sample=50))
+    assert not np.array_equal(project(x, "pca", 2, seed=1, fit_sample=50), project(x, "pca", 2, seed=2, fit_sample=50))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # PCA of a single row
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_tiny_inputs_fall_back_to_padded_pca(data, method, n):
+    x, _ = data
+    for d in (2, 3):
+        out = project(x[:n], method, d)
+        assert out.shape == (n, d) and out.dtype == np.float32 and np.isfinite(out).all()
+        expect = project(x[:n], "pca", d)
+        np.testing.assert_array_equal(out, expect)
+    if n == 1:
+        assert (out == 0).all()  # one row: nothing to spread, zero-padded
+
+
+def test_empty_input_and_bad_arguments(data):
+    x, _ = data
+    assert project(np.zeros((0, 8), np.float32), "umap", 3).shape == (0, 3)
+    with pytest.raises(ValueError, match="unknown"):
+        project(x, "mds", 2)
+    with pytest.raises(ValueError, match="n_components"):
+        project(x, "pca", 0)
+    with pytest.raises(ValueError, match="fit_sample"):
+        project(x, "pca", 2, fit_sample=0)
+    with pytest.raises(ValueError, match="2-D"):
+        project(x[0], "pca", 2)
+
+
+def test_knn_place_lands_on_the_weighted_neighbours():
+    x_fit = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], dtype=np.float32)
+    y_fit = np.array([[1.0, 1.0], [5.0, 5.0], [9.0, 9.0]], dtype=np.float32)
+    # a row on top of a fitted row takes its position; k=1 copies the nearest
+    out = knn_place(x_fit, y_fit, np.array([[0.0, 0.0], [9.0, 1.0]], np.float32), knn=3)
+    np.testing.assert_allclose(out[0], [1.0, 1.0], atol=1e-4)
+    out1 = knn_place(x_fit, y_fit, np.array([[9.0, 1.0]], np.float32), knn=1)
+    np.testing.assert_allclose(out1[0], [5.0, 5.0])
+    # knn larger than the fitted rows is clipped
+    assert knn_place(x_fit, y_fit, np.ones((4, 2), np.float32), knn=50).shape == (4, 2)
