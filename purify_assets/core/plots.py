@@ -173,18 +173,22 @@ def line_chart_png(xs: Sequence[float], series: dict[str, Sequence[float]], titl
     m = len(series)
     cols = 1 if m == 1 else 2
     rows = (m + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.6 * rows), squeeze=False, sharex=True)
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.6 * rows), squeeze=False)
+    integer_x = all(float(v).is_integer() for v in xs)
     for ax, (name, ys) in zip(axes.ravel(), series.items()):
         y = np.array([np.nan if v is None else float(v) for v in ys])
         ax.plot(xs, y, marker="o", ms=3.5, lw=1.4)
         ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
         ax.grid(alpha=0.3)
+        if integer_x:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if mark_x is not None:
             ax.axvline(mark_x, ls="--", c="grey", lw=1)
     for ax in axes.ravel()[m:]:
         ax.axis("off")
-    for ax in axes[-1]:
-        ax.set_xlabel(xlabel, fontsize=9)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return _png(fig)
