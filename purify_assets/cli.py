@@ -17,8 +17,7 @@ from typing import Any, Sequence
 from purify_assets.core import warehouse as wh
 from purify_assets.settings import PurifyPaths
 
-STATUS_TABLES = ["raw_rows", "quarantine", "clean_rows", "rejected_rows", "embeddings", "dedup_sets",
-                 "cluster_labels", "projections", "cluster_metrics", "cluster_reviews", "purified_dataset"]
+STATUS_TABLES = wh.ASSET_TABLES + wh.REJECTED_INPUT_TABLES
 
 
 class CliError(Exception):

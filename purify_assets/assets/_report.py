@@ -3,7 +3,7 @@
 import base64
 from typing import Any, Iterable
 
-from dagster import AssetCheckResult, AssetCheckSeverity, MaterializeResult, MetadataValue
+from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue
 
 from purify_assets.core.params import ParamsVersion
 from purify_assets.stages import StageReport
@@ -50,8 +50,3 @@ def check_results(report: StageReport, asset_key: Any = None, names: Iterable[st
                                     severity=AssetCheckSeverity.WARN,
                                     metadata={"detail": MetadataValue.text(description)}))
     return out
-
-def result(report: StageReport, params: ParamsVersion | None = None, table: str | None = None,
-           check_names: Iterable[str] = ()) -> MaterializeResult:
-    return MaterializeResult(metadata=metadata_for(report, params, table),
-                             check_results=check_results(report, names=list(check_names)) if check_names else None)

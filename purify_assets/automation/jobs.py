@@ -4,8 +4,11 @@ from dagster import AssetSelection, define_asset_job
 
 from purify_assets.automation.partitions import batch_partitions
 
+from purify_assets.core.params import GLOBAL_ASSETS
+
+# the per-batch assets, with the side outputs their steps write (quarantine, rejected_rows)
 BATCH_ASSET_KEYS = ["raw_rows", "quarantine", "clean_rows", "rejected_rows", "embeddings"]
-CYCLE_ASSET_KEYS = ["dedup_sets", "cluster_labels", "projections", "cluster_metrics", "cluster_reviews", "purified_dataset"]
+CYCLE_ASSET_KEYS = list(GLOBAL_ASSETS)
 
 batch_selection = AssetSelection.assets(*BATCH_ASSET_KEYS)
 cycle_selection = AssetSelection.assets(*CYCLE_ASSET_KEYS)

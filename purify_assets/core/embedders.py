@@ -64,6 +64,8 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from purify_assets.core.retry import retry_after_seconds
+
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
@@ -659,13 +661,7 @@ class OpenAIEmbedder:
                     status is not None and status >= 500)
                 kind = f"HTTP {status}" if status is not None else type(exc).__name__
                 detail = self._scrub(str(exc))[:500]
-                retry_after = None
-                resp_obj = getattr(exc, "response", None)
-                if resp_obj is not None:
-                    try:
-                        retry_after = float(resp_obj.headers.get("retry-after"))
-                    except (TypeError, ValueError):
-                        retry_after = None
+                retry_after = retry_after_seconds(exc)
                 if retryable and attempt < self.max_retries:
                     wait = self._backoff(attempt, retry_after)
                     if waited + wait <= self.retry_budget_s:

@@ -75,6 +75,20 @@ def _stratified(lab: np.ndarray, size: int, seed: int, min_per_cluster: int = 30
     return np.sort(np.concatenate(out))
 
 
+def _center_distance_chunks(x: np.ndarray, dense: np.ndarray, centers: np.ndarray):
+    """Per chunk of rows: (start, labels, Euclidean distances to every centre, row positions,
+    labelled mask, distance to the own centre (NaN for noise)). Memory: CHUNK x n_centres."""
+    centers = centers.astype(np.float32, copy=False)
+    cc = (centers ** 2).sum(axis=1)
+    for s in range(0, len(x), CHUNK):
+        xb = x[s : s + CHUNK]
+        lb = dense[s : s + CHUNK]
+        d = np.sqrt(np.maximum((xb * xb).sum(axis=1)[:, None] - 2.0 * (xb @ centers.T) + cc[None, :], 0.0))
+        r = np.arange(len(xb))
+        valid = lb >= 0
+        yield s, lb, d, r, valid, np.where(valid, d[r, np.maximum(lb, 0)], np.nan)
+
+
 def _gini(sizes: np.ndarray) -> float:
     s = np.sort(np.asarray(sizes, dtype=np.float64))
     if len(s) == 0 or s.sum() == 0:
@@ -201,23 +215,16 @@ def per_cluster_metrics(vectors: np.ndarray, labels: np.ndarray, sample_size: in
     np.fill_diagonal(nearest_c, np.inf)
     nearest_of = np.argmin(nearest_c, axis=1) if m >= 2 else np.full(m, -1)
     closer_to_nearest = np.zeros(n, dtype=bool)
-    cc = (centers.astype(np.float32) ** 2).sum(axis=1)
-    for s in range(0, n, CHUNK):
-        xb = x[s : s + CHUNK]
-        lb = dense[s : s + CHUNK]
-        d = np.sqrt(np.maximum((xb * xb).sum(axis=1)[:, None] - 2.0 * (xb @ centers.T) + cc[None, :], 0.0))
-        r = np.arange(len(xb))
-        valid = lb >= 0
-        own = np.where(valid, d[r, np.maximum(lb, 0)], np.nan)
-        own_d[s : s + len(xb)] = own
+    for s, lb, d, r, valid, own in _center_distance_chunks(x, dense, centers):
+        own_d[s : s + len(lb)] = own
         if m >= 2:
             d_other = d.copy()
             d_other[r[valid], lb[valid]] = np.inf
             j = np.argmin(d_other, axis=1)
             closer = valid & (d_other[r, j] < own)
-            closer_other[s : s + len(xb)] = np.where(closer, j, -1)
+            closer_other[s : s + len(lb)] = np.where(closer, j, -1)
             nb = nearest_of[np.maximum(lb, 0)]
-            closer_to_nearest[s : s + len(xb)] = valid & (d[r, nb] < own)
+            closer_to_nearest[s : s + len(lb)] = valid & (d[r, nb] < own)
 
     sil = np.full(n, np.nan)
     s_idx = _stratified(dense, sample_size, seed)
@@ -305,19 +312,13 @@ def cluster_cards(vectors: np.ndarray, labels: np.ndarray, row_ids: Sequence[Any
         own = np.full(n, np.nan, dtype=np.float32)
         other_d = np.full(n, np.inf, dtype=np.float32)
         other_c = np.full(n, -1, dtype=np.int64)
-        cc = (centers ** 2).sum(axis=1)
-        for s in range(0, n, CHUNK):
-            xb = x[s : s + CHUNK]
-            lb = dense[s : s + CHUNK]
-            d = np.sqrt(np.maximum((xb * xb).sum(axis=1)[:, None] - 2.0 * (xb @ centers.T) + cc[None, :], 0.0))
-            r = np.arange(len(xb))
-            valid = lb >= 0
-            own[s : s + len(xb)] = np.where(valid, d[r, np.maximum(lb, 0)], np.nan)
+        for s, lb, d, r, valid, own_b in _center_distance_chunks(x, dense, centers):
+            own[s : s + len(lb)] = own_b
             if m >= 2:
                 d[r[valid], lb[valid]] = np.inf
                 j = np.argmin(d, axis=1)
-                other_c[s : s + len(xb)] = j
-                other_d[s : s + len(xb)] = d[r, j]
+                other_c[s : s + len(lb)] = j
+                other_d[s : s + len(lb)] = d[r, j]
         for c in range(m):
             members = np.where(dense == c)[0]
             dm = own[members]

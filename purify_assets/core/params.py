@@ -22,7 +22,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 # The default parameters. Every section feeds one stage; ``SECTION_FIRST_ASSET`` says which asset
 # a change in that section invalidates first (everything downstream of it re-runs too).
@@ -314,6 +314,3 @@ class ParamsStore:
         with self._connect() as con:
             con.execute("UPDATE params_versions SET status = ? WHERE version = ?", (status, version))
         return self.get(version)
-
-    def __iter__(self) -> Iterator[ParamsVersion]:
-        return iter(self.history())

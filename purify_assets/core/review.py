@@ -47,6 +47,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
+from purify_assets.core.retry import retry_after_seconds
+
 VERDICTS = ("keep", "clean", "drop", "split", "merge")
 K_RECOMMENDATIONS = ("increase", "decrease", "keep")
 OFFLINE_REVIEWER_ID = "offline-v1"
@@ -1110,13 +1112,7 @@ class OpenAIReviewer:
                     raise _Transient(f"gave up after {attempt + 1} attempts: {type(exc).__name__}"
                                      f"{f' (HTTP {status})' if status else ''}") from None
                 delay = min(self.config["backoff_max"], self.config["backoff_base"] * (2 ** attempt))
-                retry_after = None
-                resp = getattr(exc, "response", None)
-                if resp is not None:
-                    try:
-                        retry_after = float(resp.headers.get("retry-after"))
-                    except (TypeError, ValueError):
-                        retry_after = None
+                retry_after = retry_after_seconds(exc)
                 if retry_after is not None:
                     delay = min(self.config["backoff_max"], max(retry_after, 0.0))
                 if st["slept"] + delay > self.config["retry_budget_seconds"]:

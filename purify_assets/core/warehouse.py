@@ -63,12 +63,12 @@ TABLE_DDL: dict[str, str] = {
         calinski_harabasz DOUBLE, recommendation VARCHAR, proposed_version INTEGER, state VARCHAR, note VARCHAR""",
 }
 
-# The asset tables (what ``purify status`` lists), plus the side tables that hold rejected input.
+# The asset tables and the tables of rejected input: what ``purify status`` lists.
 ASSET_TABLES = [
     "raw_rows", "clean_rows", "embeddings", "dedup_sets", "cluster_labels", "projections",
     "cluster_metrics", "cluster_reviews", "purified_dataset",
 ]
-SIDE_TABLES = ["quarantine", "rejected_rows", "batches", "cycles"]
+REJECTED_INPUT_TABLES = ["quarantine", "rejected_rows"]
 
 
 class WarehouseError(RuntimeError):

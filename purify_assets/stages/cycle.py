@@ -25,6 +25,9 @@ from purify_assets.core.params import ParamsStore, ParamsVersion, deep_merge
 from purify_assets.stages import Log, StageReport, _no_log
 
 REMOVING_KINDS = ("exact", "near", "semantic")
+# row ids that dedup removes: non-representative members of exact / near / semantic sets
+REMOVED_ROW_IDS_SQL = ("SELECT row_id FROM dedup_sets WHERE NOT is_representative AND kind IN ("
+                       + ", ".join(f"'{k}'" for k in REMOVING_KINDS) + ")")
 
 
 def _vectors(frame: pl.DataFrame, column: str = "vector") -> np.ndarray:
@@ -171,8 +174,7 @@ def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], mod
     for kind, n_sets, n_members in summary.iter_rows():
         report.counts[f"{kind}.sets"] = int(n_sets)
         report.counts[f"{kind}.members_beyond_representative"] = int(n_members)
-    removed = wh.scalar(con, "SELECT count(DISTINCT row_id) FROM dedup_sets WHERE NOT is_representative AND kind IN "
-                             "('exact', 'near', 'semantic')")
+    removed = wh.scalar(con, f"SELECT count(DISTINCT row_id) FROM ({REMOVED_ROW_IDS_SQL})")
     report.counts["rows_removed"] = int(removed)
     report.counts["rows_kept"] = n - int(removed)
     report.counts["rows_flagged_conflict"] = int(wh.scalar(con, "SELECT count(DISTINCT row_id) FROM dedup_sets WHERE kind = 'conflict'"))
@@ -194,9 +196,9 @@ def kept_rows_sql() -> str:
         SELECT e.row_id, e.vector FROM embeddings e
         JOIN clean_rows c USING (row_id, text_hash)
         WHERE e.model_id = $model_id
-          AND e.row_id NOT IN (SELECT row_id FROM dedup_sets WHERE NOT is_representative AND kind IN ('exact', 'near', 'semantic'))
+          AND e.row_id NOT IN ({removed})
           AND e.row_id NOT IN (SELECT l.row_id FROM cluster_labels l JOIN _dropped d ON l.cycle = d.cycle AND l.cluster = d.cluster)
-        ORDER BY e.row_id"""
+        ORDER BY e.row_id""".format(removed=REMOVED_ROW_IDS_SQL)
 
 
 # ------------------------------------------------------------------------------------------- cluster
@@ -236,11 +238,13 @@ def cluster_rows(con: duckdb.DuckDBPyConnection, params: ParamsVersion, model_id
         wh.run(con, "INSERT INTO cycles (cycle, params_version, params_hash, started_at, rows_clustered, n_clusters, state) "
                     "VALUES (?, ?, ?, ?, ?, ?, 'clustered')",
                     [cycle, params.version, params.hash, _now(), len(data), len([c for c in sizes if c >= 0])])
+    con.register("_dropped", dropped)
+    try:
+        n_dropped = wh.scalar(con, "SELECT count(*) FROM cluster_labels l JOIN _dropped d USING (cycle, cluster)")
+    finally:
+        con.unregister("_dropped")
     report.counts.update(cycle=cycle, rows_clustered=len(data), clusters=len([c for c in sizes if c >= 0]),
-                         noise_rows=int(sizes.get(-1, 0)), rows_dropped_by_review=len(drops) and int(
-                             wh.scalar(con, "SELECT count(*) FROM cluster_labels l JOIN (SELECT UNNEST(?::INT[]) AS cy, "
-                                         "UNNEST(?::INT[]) AS cl) d ON l.cycle = d.cy AND l.cluster = d.cl",
-                                         [dropped["cycle"].to_list(), dropped["cluster"].to_list()])))
+                         noise_rows=int(sizes.get(-1, 0)), rows_dropped_by_review=int(n_dropped))
     report.values.update(params_version=params.version, params_hash=params.hash, model_id=model_id,
                          algorithm=str(cluster_params.get("algorithm", "kmeans")))
     report.values.update({f"info.{k}": v for k, v in result.info.items() if isinstance(v, (int, float, str, bool))})
