@@ -150,6 +150,8 @@ class CleanConfig:
         wrong_language filter).
       lingua_languages (DEFAULT_LINGUA_LANGUAGES): the languages lingua chooses among (plus targets).
       min_letters_for_language (3): fewer letters -> language unknown (None).
+    Checks
+      max_rejection_rate (0.5): the clean_rows asset check warns when a batch loses a larger share.
     """
 
     nfkc: bool = True
@@ -178,6 +180,7 @@ class CleanConfig:
     language_detection: str = "auto"
     lingua_languages: list[str] = field(default_factory=lambda: list(DEFAULT_LINGUA_LANGUAGES))
     min_letters_for_language: int = 3
+    max_rejection_rate: float = 0.5
 
     def __post_init__(self) -> None:
         if self.language_detection not in ("auto", "script", "off"):
@@ -188,7 +191,7 @@ class CleanConfig:
             self.target_languages = [str(x).strip().lower() for x in self.target_languages]
         if self.pii_types is not None:
             _pii._check_types(self.pii_types)
-        for name in ("max_dup_ngram_ratio", "max_repeated_line_ratio", "max_symbol_ratio"):
+        for name in ("max_dup_ngram_ratio", "max_repeated_line_ratio", "max_symbol_ratio", "max_rejection_rate"):
             v = getattr(self, name)
             if not 0 <= v <= 1:
                 raise ValueError(f"clean.{name} must be within [0, 1], got {v}")

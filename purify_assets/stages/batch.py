@@ -229,7 +229,7 @@ def clean_batch(con: duckdb.DuckDBPyConnection, batch_id: str, clean_params: dic
     report.markdown["preview"] = wh.markdown_table(wh.frame(con, "SELECT row_id, lang, text FROM clean_rows WHERE batch_id = ? ORDER BY row_id LIMIT 5", [batch_id]))
     empty_kept = wh.scalar(con, "SELECT count(*) FROM clean_rows WHERE batch_id = ? AND (text IS NULL OR trim(text) = '')", [batch_id])
     report.checks["no_empty_text_kept"] = (empty_kept == 0, f"{empty_kept} kept rows have empty text")
-    max_rate = float(clean_params.get("max_rejection_rate", 0.5)) if isinstance(clean_params, dict) else 0.5
+    max_rate = config.max_rejection_rate
     rate = report.values["rejection_rate"]
     report.checks["rejection_rate_below_threshold"] = (rate <= max_rate, f"rejection rate {rate:.1%} (threshold {max_rate:.0%})")
     report.checks["rows_accounted_for"] = (n_in == n_kept + n_rejected, f"{n_in} in = {n_kept} kept + {n_rejected} rejected")

@@ -248,3 +248,15 @@ def test_text_only_rows_are_not_dropped_for_missing_outputs(home):
         published = publish_dataset(con, home / "exports", home / "plots")
     assert verdicts and "drop" not in verdicts
     assert published.counts["rows_published"] > 0
+
+
+def test_the_rejection_rate_check_threshold_is_a_clean_parameter(home):
+    emb = TrigramEmbedder()
+    with wh.connect(home / "w.duckdb") as con:
+        rows = make_rows(n_topics=4) + [{"instruction": "x", "output": ""}] * 4  # 4 of 16 rows rejected
+        key, _ = load(con, home, "a.jsonl", rows, emb)
+        lenient = clean_batch(con, key, {}, "instruction")
+        strict = clean_batch(con, key, {"max_rejection_rate": 0.1}, "instruction")
+    assert lenient.values["rejection_rate"] == strict.values["rejection_rate"] == 0.25
+    assert lenient.checks["rejection_rate_below_threshold"][0] is True
+    assert strict.checks["rejection_rate_below_threshold"][0] is False
