@@ -370,6 +370,8 @@ def measure_clusters(con: duckdb.DuckDBPyConnection, measure_params: dict[str, A
             current = by_k.get(int(glob.get("n_clusters") or 0))
             if current is not None:
                 extra["sweep_current_silhouette"] = current["silhouette"]
+                # agreement (ARI) between K-means runs at the current k on different seeds / subsamples
+                extra["stability"] = current.get("stability", float("nan"))
             glob.update(extra)
             rows += _long_metrics(cycle, "global", "current", None, extra, params_hash)
         table = pl.DataFrame([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()

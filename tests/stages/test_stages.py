@@ -157,6 +157,7 @@ def test_a_cycle_publishes_exports_and_a_card(home):
         cluster_rows(con, pv, emb.model_id)
         metrics = measure_clusters(con, pv.params["measure"], emb.model_id)
         assert metrics.counts["clusters"] == 3 and "pca_2d" in metrics.images
+        assert 0.0 <= metrics.values["stability"] <= 1.0  # from the k sweep at the current k
         review = review_clusters(con, pv, store, emb.model_id, home / "cache")
         assert review.counts["clusters_reviewed"] == 3
         published = publish_dataset(con, home / "exports", home / "plots")
