@@ -419,8 +419,11 @@ class HashProjectionEmbedder:
         vec, proj = self._load()
         x = proj.transform(vec.transform(texts))
         x = np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float32)
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        return x / np.maximum(norms, 1e-12)
+        norms = np.linalg.norm(x, axis=1)
+        for r in np.flatnonzero(norms < 1e-6):  # the sparse projection can miss every n-gram of a very short text
+            x[r, int(hashlib.sha256(texts[r].encode("utf-8")).hexdigest()[:8], 16) % self.dim] = 1.0
+            norms[r] = 1.0
+        return x / norms[:, None]
 
 
 def make_bench_embedder(name: str) -> tuple[Any, dict[str, Any]]:

@@ -12,6 +12,7 @@ Benchmarks (one script each, every one runnable on its own):
 - embed        bench_embed.py        embedding backends (another module's script; run with its own flags)
 - dedup        bench_dedup.py        dedup vs datasketch (another module's script)
 - cluster      bench_cluster.py      clustering (another module's script), skipped when absent
+- conflicts    bench_conflicts.py    conflicting responses on kor_chatbot: MinHash vs response vectors
 
 ``--smoke`` writes into bench/results/smoke/ so it never overwrites the real figures, runs every
 script in its smallest mode with one BLAS/OpenMP thread (fast and steady on a shared machine),
@@ -43,8 +44,9 @@ BENCHES: dict[str, tuple[str, list[str], list[str], str]] = {
     "embed": ("bench_embed.py", ["--ari"], ["--quick"], "embed"),
     "dedup": ("bench_dedup.py", [], ["--quick"], "dedup"),
     "cluster": ("bench_cluster.py", [], ["--quick"], "cluster"),
+    "conflicts": ("bench_conflicts.py", [], ["--smoke"], "conflicts"),
 }
-OWN = ("stages", "bertopic", "incremental")
+OWN = ("stages", "bertopic", "incremental", "conflicts")
 
 
 def supports(script: Path, flag: str) -> bool:

@@ -256,7 +256,7 @@ def cmd_retract(args: argparse.Namespace, paths: PurifyPaths) -> int:
     instance = _instance(paths)
     with _connect(paths, read_only=False) as con, wh.transaction(con):
         counts = {}
-        for table in ("raw_rows", "quarantine", "clean_rows", "rejected_rows", "embeddings", "batches"):
+        for table in ("raw_rows", "quarantine", "clean_rows", "rejected_rows", "embeddings", "response_embeddings", "batches"):
             counts[table] = wh.scalar(con, f"DELETE FROM {table} WHERE batch_id = ?", [args.batch])
     if instance.has_dynamic_partition(BATCHES, args.batch):
         instance.delete_dynamic_partition(BATCHES, args.batch)

@@ -15,5 +15,6 @@ def dedup_sets(context: AssetExecutionContext, warehouse: PurifyWarehouse, param
     pv = params.current()
     model_id = embedder_for(pv.params["embed"]).model_id
     with warehouse.connect() as con:
-        report = dedup_rows(con, pv.params.get("dedup") or {}, model_id, log=context.log.info)
+        report = dedup_rows(con, pv.params.get("dedup") or {}, model_id, log=context.log.info,
+                            embedded_text=pv.params["embed"].get("text_template", "instruction"))
     return MaterializeResult(metadata=metadata_for(report, pv, "dedup_sets"))

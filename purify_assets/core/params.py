@@ -39,6 +39,9 @@ DEFAULT_PARAMS: dict[str, Any] = {
         "backend": "use",
         "model": "multilingual-v3",
         "text_template": "instruction",  # seed 001 embedded the instruction field
+        # also embed each response on its own (table response_embeddings): the conflict check then compares
+        # responses by meaning, not by shared characters. Costs one more encoder pass over the responses.
+        "response_vectors": True,
         "batch_size": 256,
     },
     "dedup": {
@@ -55,7 +58,14 @@ DEFAULT_PARAMS: dict[str, Any] = {
         "semantic_threshold": 0.85,
         "semantic_weight_cosine": 0.5,
         "conflicts": True,  # same instruction, materially different responses: flagged, not removed
-        "conflict_max_response_similarity": 0.5,  # response Jaccard below this = materially different
+        # instructions match: "exact" (normalized text) or "vector" (cosine >= conflict_instruction_cosine and the
+        # same input); "auto" = vector when the embedded text is the instruction
+        "conflict_instruction_match": "auto",
+        "conflict_instruction_cosine": 0.95,
+        # responses differ: cosine of response vectors below this (embed.response_vectors). On kor_chatbot's repeated
+        # questions reworded answers score 0.5-0.95 and different advice 0.17-0.5 (bench/bench_conflicts.py).
+        "conflict_max_response_cosine": 0.5,
+        "conflict_max_response_similarity": 0.5,  # without response vectors: MinHash Jaccard below this
         "incremental": True,  # compare new rows against everything kept, without re-hashing old rows
     },
     "cluster": {

@@ -4,12 +4,15 @@ CONTRACT (used by ``purify_assets.assets.review``):
 
 - ``REVIEW_SCHEMA``: JSON schema of one review: ``{"clusters": [{"cluster", "name", "task_type",
   "quality" (1-5), "verdict" (keep|clean|drop|split|merge), "merge_with", "reasons", "problem_row_ids"}],
-  "global": {"k_recommendation" (increase|decrease|keep), "suggested_k", "reasons"}}``.
+  "global": {"k_recommendation" (increase|decrease|keep), "suggested_k", "reasons",
+  "dedup_recommendation" (null or {"parameter" (near_threshold|semantic_threshold), "value", "reasons"})}}``.
 - ``ClusterEvidence``: what a reviewer reads about one cluster (size, metrics, central and boundary
   examples, top terms).
-- ``make_reviewer(config) -> Reviewer``; ``Reviewer.review(evidence, global_metrics) -> ReviewOutcome``
-  with the validated review dict plus model id, prompt hash, token usage and failures.
-- ``offline_review(evidence, global_metrics) -> dict``: deterministic, follows the schema.
+- ``make_reviewer(config) -> Reviewer``; ``Reviewer.review(evidence, global_metrics, dedup=None) -> ReviewOutcome``
+  with the validated review dict plus model id, prompt hash, token usage and failures. ``dedup`` is
+  the dedup evidence (``DedupEvidence``): thresholds, the least similar pairs dedup removed, and the
+  most similar pairs it kept just below the threshold; reviewers may recommend a new threshold.
+- ``offline_review(evidence, global_metrics, dedup=None) -> dict``: deterministic, follows the schema.
 - ``validate_review(obj) -> dict``: raises ``ReviewSchemaError`` naming the bad field.
 - ``propose_params(review, params) -> tuple[dict, list[str]] | None``: the next parameter set the
   recommendations imply and the reasons, or None when the review recommends no change.
@@ -51,6 +54,8 @@ from purify_assets.core.retry import retry_after_seconds
 
 VERDICTS = ("keep", "clean", "drop", "split", "merge")
 K_RECOMMENDATIONS = ("increase", "decrease", "keep")
+DEDUP_THRESHOLDS = ("near_threshold", "semantic_threshold")
+DEDUP_THRESHOLD_RANGE = (0.5, 0.99)  # a recommended threshold outside this is clipped by propose_params
 OFFLINE_REVIEWER_ID = "offline-v1"
 
 # --------------------------------------------------------------------------------------------
@@ -73,14 +78,27 @@ CLUSTER_REVIEW_SCHEMA: dict[str, Any] = {
     },
 }
 
+DEDUP_RECOMMENDATION_SCHEMA: dict[str, Any] = {
+    "type": ["object", "null"],
+    "additionalProperties": False,
+    "required": ["parameter", "value", "reasons"],
+    "description": "null, or a new dedup threshold when removed pairs are not duplicates (raise it) or kept pairs are (lower it)",
+    "properties": {
+        "parameter": {"type": "string", "enum": list(DEDUP_THRESHOLDS)},
+        "value": {"type": "number", "description": "the new threshold, between 0.5 and 0.99"},
+        "reasons": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
 GLOBAL_REVIEW_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["k_recommendation", "suggested_k", "reasons"],
+    "required": ["k_recommendation", "suggested_k", "reasons", "dedup_recommendation"],
     "properties": {
         "k_recommendation": {"type": "string", "enum": list(K_RECOMMENDATIONS)},
         "suggested_k": {"type": ["integer", "null"], "description": "the number of clusters to use next, or null"},
         "reasons": {"type": "array", "items": {"type": "string"}},
+        "dedup_recommendation": DEDUP_RECOMMENDATION_SCHEMA,
     },
 }
 
@@ -203,8 +221,25 @@ def validate_cluster_review(obj: Any, path: str = "cluster", *, expected_cluster
             "merge_with": merge_with, "reasons": reasons, "problem_row_ids": problem}
 
 
+def validate_dedup_recommendation(obj: Any, path: str = "global.dedup_recommendation") -> dict[str, Any] | None:
+    if obj is None:
+        return None
+    _check_keys(obj, path, DEDUP_RECOMMENDATION_SCHEMA)
+    param = obj["parameter"]
+    if not isinstance(param, str) or param.strip() not in DEDUP_THRESHOLDS:
+        raise ReviewSchemaError(f"{path}.parameter", f"{param!r} is not one of {'|'.join(DEDUP_THRESHOLDS)}")
+    value = obj["value"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 < value <= 1:
+        raise ReviewSchemaError(f"{path}.value", f"{value!r} is not a number in (0, 1]")
+    reasons = _as_str_list(obj["reasons"], f"{path}.reasons", _MAX_REASONS, _MAX_REASON)
+    return {"parameter": param.strip(), "value": round(float(value), 4), "reasons": reasons}
+
+
 def validate_global_review(obj: Any, path: str = "global") -> dict[str, Any]:
-    """Validate and normalize the ``global`` part of a review."""
+    """Validate and normalize the ``global`` part of a review. ``dedup_recommendation`` may be
+    absent (answers from custom prompts written before it existed): absent means null."""
+    if isinstance(obj, dict) and "dedup_recommendation" not in obj:
+        obj = {**obj, "dedup_recommendation": None}
     _check_keys(obj, path, GLOBAL_REVIEW_SCHEMA)
     rec = obj["k_recommendation"]
     if not isinstance(rec, str) or rec.strip().lower() not in K_RECOMMENDATIONS:
@@ -213,7 +248,8 @@ def validate_global_review(obj: Any, path: str = "global") -> dict[str, Any]:
     if k is not None and k < 1:
         raise ReviewSchemaError(f"{path}.suggested_k", f"{k} is below 1")
     reasons = _as_str_list(obj["reasons"], f"{path}.reasons", _MAX_REASONS, _MAX_REASON)
-    return {"k_recommendation": rec.strip().lower(), "suggested_k": k, "reasons": reasons}
+    dedup = validate_dedup_recommendation(obj["dedup_recommendation"], f"{path}.dedup_recommendation")
+    return {"k_recommendation": rec.strip().lower(), "suggested_k": k, "reasons": reasons, "dedup_recommendation": dedup}
 
 
 def _parse_json(obj: Any, what: str) -> Any:
@@ -464,6 +500,95 @@ def compute_text_stats(texts: Sequence[str], outputs: Sequence[str | None] | Non
 
 
 # --------------------------------------------------------------------------------------------
+# Dedup evidence
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class DedupEvidence:
+    """What a reviewer reads about deduplication.
+
+    - ``settings``: ``near_threshold``, ``semantic_mode`` (hybrid | cosine), ``semantic_threshold``,
+      ``semantic_weight_cosine``.
+    - ``removed``: rows removed per kind (exact, near, semantic).
+    - ``removed_pairs``: ``[{"kind", "similarity", "removed", "kept"}]``: the least similar pairs
+      each of near and semantic dedup removed (a removed row and the representative it points to).
+    - ``near_misses``: ``[{"score", "a", "b"}]``: the most similar pairs of kept rows whose semantic
+      score fell short of ``semantic_threshold`` (from a sample of the kept rows).
+    """
+
+    settings: dict[str, Any] = field(default_factory=dict)
+    removed: dict[str, int] = field(default_factory=dict)
+    removed_pairs: list[dict[str, Any]] = field(default_factory=list)
+    near_misses: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_safe(asdict(self), 4)
+
+
+_DIGITS_RE = re.compile(r"\d+")
+
+
+def _numbers(text: str) -> list[str]:
+    return _DIGITS_RE.findall(unicodedata.normalize("NFKC", text or ""))
+
+
+def _skeleton(text: str) -> str:
+    """Letters and digits only, case-folded: two texts with one skeleton differ only in spacing,
+    punctuation, symbols or case."""
+    return "".join(ch for ch in unicodedata.normalize("NFKC", text or "").casefold() if ch.isalnum())
+
+
+def dedup_recommendation(dedup: DedupEvidence | dict[str, Any] | None,
+                         thresholds: OfflineThresholds | None = None) -> dict[str, Any] | None:
+    """The offline reviewer's dedup threshold recommendation, or None.
+
+    - Raise (first rule): among the least similar pairs a kind (near, semantic) removed, at least
+      ``dedup_min_pairs`` and ``dedup_sibling_share`` of them carry different numbers ("Add 3 and 4"
+      vs "Add 3 and 5"): template siblings, not duplicates. New threshold = the highest similarity
+      among those pairs + 0.01 (at most 0.99), so they stay apart next cycle.
+    - Lower: at least ``dedup_min_pairs`` kept near-miss pairs are the same text but for spacing,
+      punctuation, symbols or case. New semantic threshold = their lowest score rounded down to 0.01
+      (at least 0.5), so they merge next cycle.
+    """
+    if dedup is None:
+        return None
+    th = thresholds or OfflineThresholds()
+    d = dedup if isinstance(dedup, DedupEvidence) else DedupEvidence(**dedup)
+    settings = d.settings or {}
+    for kind, param in (("semantic", "semantic_threshold"), ("near", "near_threshold")):
+        current = settings.get(param)
+        pairs = [p for p in d.removed_pairs if p.get("kind") == kind and p.get("similarity") is not None]
+        siblings = [p for p in pairs if _numbers(p.get("removed", "")) != _numbers(p.get("kept", ""))]
+        if not pairs or len(siblings) < th.dedup_min_pairs or len(siblings) < th.dedup_sibling_share * len(pairs):
+            continue
+        value = min(DEDUP_THRESHOLD_RANGE[1], math.floor(max(float(p["similarity"]) for p in siblings) * 100 + 1) / 100)
+        if current is not None and value <= float(current):
+            continue
+        ex = siblings[0]
+        return {"parameter": param, "value": value, "reasons": [
+            f"{len(siblings)} of the {len(pairs)} least similar {kind} pairs removed carry different numbers, "
+            f"e.g. {_clip(ex.get('removed', ''))!r} vs {_clip(ex.get('kept', ''))!r}: template siblings, not duplicates",
+            f"raise dedup.{param} {current} -> {value} (just above their highest similarity) to keep them apart"]}
+    current = settings.get("semantic_threshold")
+    misses = [p for p in d.near_misses if p.get("score") is not None and _skeleton(p.get("a", ""))
+              and _skeleton(p.get("a", "")) == _skeleton(p.get("b", ""))]
+    if len(misses) >= th.dedup_min_pairs:
+        value = max(DEDUP_THRESHOLD_RANGE[0], math.floor(min(float(p["score"]) for p in misses) * 100) / 100)
+        if current is None or value < float(current):
+            ex = misses[0]
+            return {"parameter": "semantic_threshold", "value": value, "reasons": [
+                f"{len(misses)} kept pairs just below the semantic threshold differ only in spacing, punctuation or "
+                f"case, e.g. {_clip(ex.get('a', ''))!r} vs {_clip(ex.get('b', ''))!r}",
+                f"lower dedup.semantic_threshold {current} -> {value} (their lowest score) to merge them"]}
+    return None
+
+
+def _clip(text: str, n: int = 60) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+# --------------------------------------------------------------------------------------------
 # Offline reviewer
 # --------------------------------------------------------------------------------------------
 
@@ -492,6 +617,8 @@ class OfflineThresholds:
     global_low_silhouette: float = 0.05  # global silhouette below this with a big cluster -> increase k
     sweep_min_gain: float = 0.01       # a k sweep's best k beats the current k by this silhouette -> move to it
     global_big_share: float = 0.3
+    dedup_min_pairs: float = 3         # a dedup threshold changes only on at least this many telling pairs ...
+    dedup_sibling_share: float = 0.3   # ... and (raise) when this share of the least similar removed pairs differ in numbers
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "OfflineThresholds":
@@ -678,7 +805,8 @@ def _current_k(evidence: Sequence[ClusterEvidence], global_metrics: dict[str, An
 
 
 def global_from_verdicts(clusters: Sequence[dict[str, Any]], evidence: Sequence[ClusterEvidence],
-                         global_metrics: dict[str, Any], thresholds: OfflineThresholds | None = None) -> dict[str, Any]:
+                         global_metrics: dict[str, Any], thresholds: OfflineThresholds | None = None,
+                         dedup: DedupEvidence | dict[str, Any] | None = None) -> dict[str, Any]:
     """The global recommendation implied by per-cluster verdicts and the global metrics.
 
     - net = splits - (merge pairs + drops); net > 0 -> increase, net < 0 -> decrease, suggested
@@ -688,6 +816,7 @@ def global_from_verdicts(clusters: Sequence[dict[str, Any]], evidence: Sequence[
     - no verdict asks for a change, but the global silhouette is low and one cluster holds a large
       share -> increase by one;
     - otherwise keep (suggested_k null).
+    ``dedup_recommendation``: ``dedup_recommendation(dedup)`` (None without dedup evidence).
     """
     th = thresholds or OfflineThresholds()
     k = _current_k(evidence, global_metrics)
@@ -732,11 +861,13 @@ def global_from_verdicts(clusters: Sequence[dict[str, Any]], evidence: Sequence[
     reasons.append(f"current k = {k}, global silhouette {sil_txt}")
     if rec != "keep":
         reasons.append(f"suggested k = {sk}")
-    return {"k_recommendation": rec, "suggested_k": sk, "reasons": reasons}
+    return {"k_recommendation": rec, "suggested_k": sk, "reasons": reasons,
+            "dedup_recommendation": dedup_recommendation(dedup, th)}
 
 
 def offline_review(evidence: Sequence[ClusterEvidence], global_metrics: dict[str, Any],
-                   thresholds: OfflineThresholds | dict[str, Any] | None = None) -> dict[str, Any]:
+                   thresholds: OfflineThresholds | dict[str, Any] | None = None,
+                   dedup: DedupEvidence | dict[str, Any] | None = None) -> dict[str, Any]:
     """Deterministic review from metrics and text statistics. Follows ``REVIEW_SCHEMA``.
 
     Name: the cluster's first three top terms. Task type: ``guess_task_type`` on the sample rows.
@@ -771,7 +902,7 @@ def offline_review(evidence: Sequence[ClusterEvidence], global_metrics: dict[str
     nearest_of = {e.cluster: _nearest(e.metrics or {}) for e in real}
     gsil = _num(global_metrics or {}, "silhouette")
     clusters = [_offline_cluster(e, n_clusters, median_nd, nearest_of, gsil, th) for e in evidence]
-    review = {"clusters": clusters, "global": global_from_verdicts(clusters, evidence, global_metrics, th)}
+    review = {"clusters": clusters, "global": global_from_verdicts(clusters, evidence, global_metrics, th, dedup)}
     return validate_review(review, evidence)
 
 
@@ -809,7 +940,8 @@ class ReviewOutcome:
 class Reviewer(Protocol):
     reviewer_id: str
 
-    def review(self, evidence: Sequence[ClusterEvidence], global_metrics: dict[str, Any]) -> ReviewOutcome: ...
+    def review(self, evidence: Sequence[ClusterEvidence], global_metrics: dict[str, Any],
+               dedup: DedupEvidence | None = None) -> ReviewOutcome: ...
 
 
 def _empty_usage() -> dict[str, Any]:
@@ -829,8 +961,9 @@ class OfflineReviewer:
         blob = json.dumps({"id": self.reviewer_id, "thresholds": asdict(self.thresholds), "schema": REVIEW_SCHEMA}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def review(self, evidence: Sequence[ClusterEvidence], global_metrics: dict[str, Any]) -> ReviewOutcome:
-        review = offline_review(evidence, global_metrics, self.thresholds)
+    def review(self, evidence: Sequence[ClusterEvidence], global_metrics: dict[str, Any],
+               dedup: DedupEvidence | None = None) -> ReviewOutcome:
+        review = offline_review(evidence, global_metrics, self.thresholds, dedup)
         per = [{"cluster": c["cluster"], "source": "offline", "prompt_hash": None, "prompt_tokens": 0,
                 "completion_tokens": 0, "cost_usd": 0.0, "requests": 0} for c in review["clusters"]]
         return ReviewOutcome(review, self.reviewer_id, self.prompt_hash, _empty_usage(), [], per)
@@ -1211,10 +1344,11 @@ class OpenAIReviewer:
         return _json_safe({"cluster": ev.cluster, "size": ev.size, "share": ev.share, "metrics": ev.metrics,
                            "top_terms": terms, "text_stats": ev.text_stats, "rows": rows}, 4)
 
-    def review(self, evidence: Sequence[ClusterEvidence], global_metrics: dict[str, Any]) -> ReviewOutcome:
+    def review(self, evidence: Sequence[ClusterEvidence], global_metrics: dict[str, Any],
+               dedup: DedupEvidence | None = None) -> ReviewOutcome:
         evidence = sorted(evidence, key=lambda e: e.cluster)
         ids = [e.cluster for e in evidence]
-        offline = offline_review(evidence, global_metrics)
+        offline = offline_review(evidence, global_metrics, dedup=dedup)
         offline_by_id = {c["cluster"]: c for c in offline["clusters"]}
         st: dict[str, Any] = {"mode": "json_schema", "requests": 0, "cache_hits": 0, "slept": 0.0, "fatal": None, "warnings": []}
         red_counts: Counter = Counter()
@@ -1255,12 +1389,20 @@ class OpenAIReviewer:
         for c in summary["clusters"]:  # names are model output of earlier calls: redact them too
             c["name"], counts = self._redact(c["name"])
             red_counts.update(counts)
+        if dedup is not None:  # row text again: clipped and redacted like the cluster samples
+            shown = dedup.to_dict()
+            for pair in shown["removed_pairs"] + shown["near_misses"]:
+                for key in ("removed", "kept", "a", "b"):
+                    if key in pair:
+                        pair[key], counts = self._redact(str(pair[key])[:300])
+                        red_counts.update(counts)
+            summary["dedup"] = shown
         user = _render(self.global_template, {"n_clusters": str(k), "review_json": _data_json(_json_safe(summary, 4)),
                                               "schema_json": json.dumps(GLOBAL_REVIEW_SCHEMA, ensure_ascii=False)})
         try:
             glob, ginfo = self._ask(self.system_prompt, user, "global_review", GLOBAL_REVIEW_SCHEMA, validate_global_review, st)
         except Exception as exc:  # noqa: BLE001
-            glob = global_from_verdicts(clusters, evidence, global_metrics)
+            glob = global_from_verdicts(clusters, evidence, global_metrics, dedup=dedup)
             glob["reasons"] = [f"offline fallback: the {self.reviewer_id} global review failed"] + glob["reasons"]
             failures.append({"scope": "global", "error": self._scrub(exc)})
             ginfo = dict(getattr(exc, "review_info", None) or {})
@@ -1373,6 +1515,8 @@ def propose_params(review: dict[str, Any], params: dict[str, Any], *, max_drop_f
     - ``review.clean_requests`` += ``{"cluster", "name", "problem_row_ids", "reasons"}`` for every
       clean verdict (rows to send back to cleaning); identical requests are not repeated, so a
       stable review converges.
+    - ``dedup.<near_threshold|semantic_threshold>`` := ``global.dedup_recommendation.value``,
+      clipped to ``DEDUP_THRESHOLD_RANGE``; a change below 0.005 is no change.
     """
     review = validate_review(review)
     new = copy.deepcopy(params)
@@ -1449,6 +1593,20 @@ def propose_params(review: dict[str, Any], params: dict[str, Any], *, max_drop_f
         rv["clean_requests"] = requests
     if rv != (params.get("review") or {}):
         new["review"] = rv
+
+    dr = g.get("dedup_recommendation")
+    if dr:
+        dd = dict(new.get("dedup") or {})
+        param, value = dr["parameter"], float(dr["value"])
+        bounded = round(min(DEDUP_THRESHOLD_RANGE[1], max(DEDUP_THRESHOLD_RANGE[0], value)), 4)
+        current = dd.get(param)
+        if current is None or abs(bounded - float(current)) >= 0.005:
+            dd[param] = bounded
+            new["dedup"] = dd
+            why = f"dedup.{param} {current} -> {bounded}"
+            if bounded != value:
+                why += f" (reviewer asked {value}; bounded to {list(DEDUP_THRESHOLD_RANGE)})"
+            reasons.append(why + (f": {dr['reasons'][0]}" if dr["reasons"] else ""))
 
     if new == params:
         return None

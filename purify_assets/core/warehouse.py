@@ -37,6 +37,9 @@ TABLE_DDL: dict[str, str] = {
         input VARCHAR, output VARCHAR""",
     "embeddings": """
         batch_id VARCHAR, row_id VARCHAR, model_id VARCHAR, text_hash VARCHAR, vector FLOAT[]""",
+    # the response (output) alone, embedded when embed.response_vectors is on; text_hash is the response's
+    "response_embeddings": """
+        batch_id VARCHAR, row_id VARCHAR, model_id VARCHAR, text_hash VARCHAR, vector FLOAT[]""",
     "dedup_sets": """
         set_id VARCHAR, kind VARCHAR, row_id VARCHAR, representative_row_id VARCHAR,
         is_representative BOOLEAN, similarity FLOAT, reason VARCHAR""",

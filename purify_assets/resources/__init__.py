@@ -59,7 +59,7 @@ def _cached_embedder(config_json: str) -> Any:
 
 def embedder_for(embed_params: dict[str, Any]) -> Any:
     """One embedder per configuration and process, so a model loads once per run."""
-    config = {k: v for k, v in embed_params.items() if k != "text_template"}
+    config = {k: v for k, v in embed_params.items() if k not in ("text_template", "response_vectors")}
     return _cached_embedder(json.dumps(config, sort_keys=True))
 
 

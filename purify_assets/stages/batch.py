@@ -38,7 +38,7 @@ def row_id_for(batch_key: str, line_no: int, nth_on_line: int = 0) -> str:
     return base if nth_on_line == 0 else f"{base}.{nth_on_line:06d}"
 
 
-MAPPING_PROBE_RECORDS = 1000  # records looked at for a mappable one before the batch is declared unmappable
+MAPPING_PROBE_RECORDS = 1000  # records whose columns together decide the field mapping
 
 
 def ingest_batch(con: duckdb.DuckDBPyConnection, batch: LandedBatch, mapping_override: dict | None = None,
@@ -52,7 +52,6 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, batch: LandedBatch, mapping_ove
     bad: list[tuple] = []
     n_rows = n_bad = 0
     waiting: list[ParsedRecord] = []  # records read before any record's columns could be mapped
-    first_unmappable: tuple[int, Exception] | None = None
     last_line, nth = -1, 0
     started = time.perf_counter()
 
@@ -79,6 +78,21 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, batch: LandedBatch, mapping_ove
     def unmappable(line_no: int, exc: Exception) -> IngestError:
         return IngestError(f"{batch.original_name} (batch {batch.batch_key}), line {line_no}: {exc}")
 
+    def settle_mapping() -> FieldMapping:
+        """Map the union of the columns of the records read so far (in order of first appearance),
+        then store those records."""
+        columns = list(dict.fromkeys(k for early in waiting for k in early.record.keys()))
+        try:
+            found = detect_mapping(columns, override)
+        except UnmappableError as exc:
+            raise unmappable(waiting[0].line_no, exc) from exc
+        nonlocal mapping
+        mapping = found
+        for early in waiting:
+            add_row(early)
+        waiting.clear()
+        return found
+
     with report.timed("parse_and_store"), wh.transaction(con):
         for table in ("raw_rows", "quarantine", "batches"):
             wh.run(con, f"DELETE FROM {table} WHERE batch_id = ?", [batch.batch_key])
@@ -89,26 +103,18 @@ def ingest_batch(con: duckdb.DuckDBPyConnection, batch: LandedBatch, mapping_ove
             else:
                 assert isinstance(item, ParsedRecord)
                 if mapping is None:
-                    # the first record whose columns map decides the layout; records before it are kept
-                    # as rows (cleaning rejects their empty fields, with a reason) rather than failing the batch
-                    try:
-                        mapping = detect_mapping(list(item.record.keys()), override)
-                    except UnmappableError as exc:
-                        if first_unmappable is None:
-                            first_unmappable = (item.line_no, exc)
-                        waiting.append(item)
-                        if len(waiting) >= MAPPING_PROBE_RECORDS:
-                            raise unmappable(*first_unmappable) from exc
-                        continue
-                    for early in waiting:
-                        add_row(early)
-                    waiting.clear()
+                    # the layout is decided on the columns of the first records together, so an optional
+                    # column the first record omits (JSONL often drops an empty "input") is still mapped
+                    waiting.append(item)
+                    if len(waiting) >= MAPPING_PROBE_RECORDS:
+                        mapping = settle_mapping()
+                    continue
                 add_row(item)
             if len(rows) + len(bad) >= chunk_rows:
                 flush()
                 log(f"{batch.batch_key}: {n_rows:,} rows parsed, {n_bad:,} quarantined")
-        if waiting:  # no record of the file maps onto instruction/input/output
-            raise unmappable(*first_unmappable) from first_unmappable[1]
+        if mapping is None and waiting:
+            mapping = settle_mapping()
         flush()
         info = reader.info
         wh.run(con, "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -240,45 +246,77 @@ def vectors_to_frame(vectors: np.ndarray) -> pl.Series:
     return pl.Series("vector", vectors.astype(np.float32, copy=False)).cast(pl.List(pl.Float32))
 
 
-def embed_batch(con: duckdb.DuckDBPyConnection, batch_id: str, embedder: Any, chunk_texts: int = 2048,
-                log: Log = _no_log) -> StageReport:
-    """Vectors for one batch; texts this model already embedded (any batch) come from the warehouse."""
-    report = StageReport()
+#: where each kind of vector is kept: the embedded row text, and (optionally) the response alone.
+VECTOR_TABLES = {"text": "embeddings", "response": "response_embeddings"}
+
+
+def _vectors_for(con: duckdb.DuckDBPyConnection, wanted: pl.DataFrame, embedder: Any, label: str, chunk_texts: int,
+                 report: StageReport, log: Log) -> pl.DataFrame:
+    """``wanted`` (text_hash, text) -> (text_hash, vector) for every distinct hash. A text this model
+    has embedded before, as a row text or as a response in any batch, comes from the warehouse."""
     model_id = embedder.model_id
-    rows = wh.frame(con, "SELECT row_id, text_hash, text FROM clean_rows WHERE batch_id = ? ORDER BY row_id", [batch_id])
-    unique = rows.unique("text_hash", keep="first", maintain_order=True)
+    unique = wanted.unique("text_hash", keep="first", maintain_order=True)
     con.register("_wanted", unique.select("text_hash"))
     try:
-        cached = wh.frame(
-            con, "SELECT e.text_hash, any_value(e.vector) AS vector FROM embeddings e JOIN _wanted w USING (text_hash) "
-            "WHERE e.model_id = ? GROUP BY e.text_hash", [model_id])
+        cached = wh.frame(con, " UNION ALL ".join(
+            f"SELECT e.text_hash, any_value(e.vector) AS vector FROM {table} e JOIN _wanted w USING (text_hash) "
+            "WHERE e.model_id = ? GROUP BY e.text_hash" for table in VECTOR_TABLES.values()), [model_id] * len(VECTOR_TABLES))
     finally:
         con.unregister("_wanted")
+    cached = cached.unique("text_hash", keep="first").with_columns(pl.col("vector").cast(pl.List(pl.Float32)))
     missing = unique.join(cached.select("text_hash"), on="text_hash", how="anti")
     texts = missing["text"].to_list()
     started = time.perf_counter()
     parts: list[np.ndarray] = []
-    with report.timed("embed"):
+    with report.timed(f"embed_{label}"):
         for i in range(0, len(texts), chunk_texts):
             parts.append(embedder.embed(texts[i:i + chunk_texts]))
             done = min(i + chunk_texts, len(texts))
             rate = done / max(time.perf_counter() - started, 1e-9)
-            log(f"{batch_id}: embedded {done:,}/{len(texts):,} texts ({rate:,.0f}/s, ETA {(len(texts) - done) / rate:,.0f}s)")
+            log(f"{label}: embedded {done:,}/{len(texts):,} texts ({rate:,.0f}/s, ETA {(len(texts) - done) / rate:,.0f}s)")
     elapsed = time.perf_counter() - started
     new = pl.DataFrame({"text_hash": missing["text_hash"]})
     if texts:
         new = new.with_columns(vectors_to_frame(np.vstack(parts)))
     else:
         new = new.with_columns(pl.Series("vector", [], dtype=pl.List(pl.Float32)))
-    lookup = pl.concat([cached.with_columns(pl.col("vector").cast(pl.List(pl.Float32))), new])
+    prefix = "" if label == "text" else f"{label}."
+    report.counts.update({f"{prefix}unique_texts": len(unique), f"{prefix}cache_hits": len(cached),
+                          f"{prefix}embedded": len(texts)})
+    report.values[f"{prefix}rows_per_second"] = round(len(texts) / elapsed, 1) if texts and elapsed > 0 else 0.0
+    return pl.concat([cached, new])
+
+
+def embed_batch(con: duckdb.DuckDBPyConnection, batch_id: str, embedder: Any, chunk_texts: int = 2048,
+                log: Log = _no_log, *, response_vectors: bool = True) -> StageReport:
+    """Vectors for one batch: the composed row text of every row (``embeddings``) and, with
+    ``response_vectors``, the response of every row that has one (``response_embeddings``; the
+    conflict check compares responses by meaning). Texts this model already embedded, in any batch
+    and in either role, come from the warehouse instead of the model."""
+    report = StageReport()
+    model_id = embedder.model_id
+    rows = wh.frame(con, "SELECT row_id, text_hash, text, output FROM clean_rows WHERE batch_id = ? ORDER BY row_id", [batch_id])
+    lookup = _vectors_for(con, rows.select("text_hash", "text"), embedder, "text", chunk_texts, report,
+                          lambda m: log(f"{batch_id}: {m}"))
     frame = rows.select("row_id", "text_hash").join(lookup, on="text_hash", how="left").select(
         pl.lit(batch_id).alias("batch_id"), "row_id", pl.lit(model_id).alias("model_id"), "text_hash", "vector")
+    responses = None
+    if response_vectors:
+        answered = rows.filter(pl.col("output").str.strip_chars().str.len_chars() > 0)
+        answered = answered.with_columns(pl.col("output").map_elements(text_hash, return_dtype=pl.String).alias("response_hash"))
+        found = _vectors_for(con, answered.select(pl.col("response_hash").alias("text_hash"), pl.col("output").alias("text")),
+                             embedder, "response", chunk_texts, report, lambda m: log(f"{batch_id}: {m}"))
+        responses = answered.select("row_id", pl.col("response_hash").alias("text_hash")).join(
+            found, on="text_hash", how="left").select(
+            pl.lit(batch_id).alias("batch_id"), "row_id", pl.lit(model_id).alias("model_id"), "text_hash", "vector")
     with report.timed("store"), wh.transaction(con):
-        wh.run(con, "DELETE FROM embeddings WHERE batch_id = ? AND model_id = ?", [batch_id, model_id])
-        wh.insert_frame(con, "embeddings", frame)
-    report.counts.update(rows=len(rows), unique_texts=len(unique), cache_hits=len(cached), embedded=len(texts))
-    report.values.update(model_id=model_id, dim=int(getattr(embedder, "dim", 0) or 0),
-                         rows_per_second=round(len(texts) / elapsed, 1) if texts and elapsed > 0 else 0.0)
+        for table, part in (("embeddings", frame), ("response_embeddings", responses)):
+            wh.run(con, f"DELETE FROM {table} WHERE batch_id = ? AND model_id = ?", [batch_id, model_id])
+            if part is not None:
+                wh.insert_frame(con, table, part)
+    report.counts["rows"] = len(rows)
+    report.counts["response_vectors"] = 0 if responses is None else len(responses)
+    report.values.update(model_id=model_id, dim=int(getattr(embedder, "dim", 0) or 0), response_vectors=bool(response_vectors))
     usage = getattr(embedder, "usage", None)
     if usage:
         report.values.update({f"usage.{k}": v for k, v in usage.items()})

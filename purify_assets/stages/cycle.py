@@ -75,10 +75,13 @@ def _signatures(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, num_perm: in
     return table["signature"].list.to_array(num_perm).to_numpy().astype(np.uint64, copy=False)
 
 
-def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], model_id: str, log: Log = _no_log) -> StageReport:
+def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], model_id: str, log: Log = _no_log, *,
+               embedded_text: str = "instruction") -> StageReport:
     """Duplicate sets over every kept row of every batch: exact, near (MinHash), semantic (cosine), and
     conflicts (flagged only). Incremental: with the same settings as last time and no old row changed,
-    only pairs involving rows new since the last run are searched (the old sets are carried over)."""
+    only pairs involving rows new since the last run are searched (the old sets are carried over).
+    ``embedded_text`` is the embed.text_template the vectors were made from (the conflict check
+    matches instructions by vector only when the vectors are of the instruction)."""
     from purify_assets.core import dedup
 
     report = StageReport()
@@ -152,16 +155,7 @@ def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], mod
         report.counts["semantic.rows_without_vector"] = int(n - len(emb))
     if n and dedup_params.get("conflicts", True):
         with report.timed("conflicts"):
-            keyed = rows.select("row_id", "output", "response_length", pl.concat_str(
-                [pl.col("instruction"), pl.col("input")], separator="\x1f").hash().cast(pl.String).alias("k"))
-            # only rows whose instruction + input occurs more than once can conflict
-            shared = keyed.filter(pl.col("k").is_duplicated() & pl.col("output").is_not_null())
-            report.counts["conflicts.rows_sharing_an_instruction"] = len(shared)
-            if len(shared):
-                frames.append(dedup.conflicting_responses(
-                    shared["row_id"].to_list(), shared["k"].to_list(), shared["output"].to_list(),
-                    shared["response_length"].to_list(),
-                    max_response_similarity=float(dedup_params.get("conflict_max_response_similarity", 0.5))))
+            frames.append(_conflict_sets(con, rows, dedup_params, model_id, embedded_text, report))
     frames = [f for f in frames if f is not None and len(f)]
     sets = dedup.combine_sets(*frames).select(dedup.DEDUP_COLUMNS) if frames else None
     state_now = rows.select("row_id", "row_hash", "text_hash").with_columns(pl.lit(config).alias("config"))
@@ -188,6 +182,64 @@ def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], mod
         FROM dedup_sets d JOIN clean_rows c ON c.row_id = d.row_id JOIN clean_rows r ON r.row_id = d.representative_row_id
         WHERE NOT d.is_representative ORDER BY d.kind DESC, d.similarity LIMIT 10"""))
     return report
+
+
+def _conflict_sets(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, dedup_params: dict[str, Any], model_id: str,
+                   embedded_text: str, report: StageReport) -> pl.DataFrame | None:
+    """Rows with the same input and the same or nearly the same instruction whose responses differ
+    materially: ``conflict`` sets (flagged, never removed).
+
+    Instructions match exactly (normalized instruction + input) or, with
+    ``dedup.conflict_instruction_match`` "vector" ("auto" picks it when the row vectors are of the
+    instruction), when their vectors have cosine >= ``conflict_instruction_cosine`` and their inputs
+    are equal: "Summarize this" over two different inputs is not one instruction. Responses differ
+    when the cosine of their vectors (``response_embeddings``) is below
+    ``conflict_max_response_cosine``; rows without response vectors fall back to MinHash Jaccard below
+    ``conflict_max_response_similarity``, which also calls a reworded answer different."""
+    from purify_assets.core import dedup
+
+    answered = rows.filter(pl.col("output").str.strip_chars().str.len_chars() > 0)
+    report.counts["conflicts.rows_with_a_response"] = len(answered)
+    if len(answered) < 2:
+        return None
+    match = str(dedup_params.get("conflict_instruction_match", "auto"))
+    if match not in ("auto", "exact", "vector"):
+        raise ValueError(f"dedup.conflict_instruction_match must be auto, exact or vector, got {match!r}")
+    if match == "auto":
+        match = "vector" if embedded_text in ("instruction", "instruction+input") else "exact"
+    answered = answered.with_columns(
+        pl.col("input").hash().cast(pl.String).alias("input_key"),
+        pl.concat_str([pl.col("instruction"), pl.col("input")], separator="\x1f").hash().cast(pl.String).alias("exact_key"))
+    con.register("_answered", answered.select("row_id"))
+    try:
+        response_vectors = wh.frame(con, "SELECT r.row_id, r.vector AS response_vector FROM response_embeddings r "
+                                         "JOIN _answered USING (row_id) WHERE r.model_id = ?", [model_id])
+    finally:
+        con.unregister("_answered")
+    answered = answered.join(response_vectors.unique("row_id"), on="row_id", how="left")
+    if match == "vector" and answered["vector"].null_count():
+        match = "exact"  # some rows have no instruction vector (yet): compare those instructions as text
+    # candidate groups: rows sharing the exact key, or (vector matching) rows sharing an input
+    group_col = "input_key" if match == "vector" else "exact_key"
+    shared = answered.filter(pl.len().over(group_col) >= 2)
+    report.values["conflicts.instruction_match"] = match
+    use_vectors = len(shared) > 0 and shared["response_vector"].null_count() == 0
+    report.values["conflicts.response_similarity"] = "cosine of response vectors" if use_vectors else "MinHash Jaccard"
+    report.counts["conflicts.candidate_rows"] = len(shared)
+    limit = float(dedup_params.get("conflict_max_response_cosine", 0.5) if use_vectors
+                  else dedup_params.get("conflict_max_response_similarity", 0.5))
+
+    def find(part: pl.DataFrame, instructions: Any, threshold: float | None) -> pl.DataFrame:
+        responses = _vectors(part, "response_vector") if use_vectors else part["output"].to_list()
+        return dedup.conflicting_responses(part["row_id"].to_list(), instructions, responses, part["response_length"].to_list(),
+                                           instruction_threshold=threshold, max_response_similarity=limit)
+
+    if match == "exact":  # one call: the finder groups the rows by their key itself
+        return find(shared, shared["exact_key"].to_list(), None) if len(shared) else None
+    cosine = float(dedup_params.get("conflict_instruction_cosine", 0.95))
+    out = [find(part, _vectors(part), cosine) for (_,), part in shared.group_by(group_col, maintain_order=True)]
+    out = [f for f in out if len(f)]
+    return pl.concat(out) if out else None
 
 
 def kept_rows_sql() -> str:
@@ -455,11 +507,13 @@ def review_clusters(con: duckdb.DuckDBPyConnection, params: ParamsVersion, store
         cards = m.cluster_cards(vectors, labels, data["row_id"].to_list(), data["text"].to_list(),
                                 n_central=int(review_cfg.get("n_central", 5)), n_boundary=int(review_cfg.get("n_boundary", 3)))
         evidence = build_evidence(data, cards, per)
+    with report.timed("dedup_evidence"):
+        dedup_ev = dedup_evidence(con, params.params.get("dedup") or {}, data)
     review_cfg.setdefault("cache_dir", str(cache_dir))
     reviewer = rv.make_reviewer(review_cfg)
     log(f"reviewing {len(evidence)} clusters with {getattr(reviewer, 'reviewer_id', type(reviewer).__name__)}")
     with report.timed("review"):
-        outcome = reviewer.review(evidence, glob)
+        outcome = reviewer.review(evidence, glob, dedup=dedup_ev)
     review = outcome.review
     rows = []
     for c in review["clusters"]:
@@ -491,9 +545,94 @@ def review_clusters(con: duckdb.DuckDBPyConnection, params: ParamsVersion, store
     report.markdown["reviews"] = wh.markdown_table(frame.filter(pl.col("scope") == "cluster").select(
         "cluster", "name", "task_type", "quality", "verdict", "merge_with", "reasons"), max_rows=60, max_chars=120)
     report.markdown["global"] = "\n".join(f"- {r}" for r in g.get("reasons", [])) or "_no reasons given_"
+    dr = g.get("dedup_recommendation")
+    report.values["dedup_recommendation"] = f"{dr['parameter']} -> {dr['value']}" if dr else "none"
+    report.counts["dedup_evidence.removed_pairs"] = len(dedup_ev.removed_pairs)
+    report.counts["dedup_evidence.near_misses"] = len(dedup_ev.near_misses)
+    report.markdown["dedup_review"] = _dedup_review_markdown(dedup_ev, dr)
     report.markdown["cluster_cards"] = cluster_cards_markdown(evidence, {int(c["cluster"]): c for c in review["clusters"]})
     report.markdown["cycles"] = wh.markdown_table(cycle_history(con))
     return report
+
+
+def dedup_evidence(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], clustered: pl.DataFrame,
+                   n_pairs: int = 30, sample: int = 4000, margin: float = 0.1) -> Any:
+    """What the reviewer sees of dedup: thresholds, rows removed per kind, the ``n_pairs`` least
+    similar pairs near and semantic dedup removed, and the ``n_pairs`` most similar pairs of kept
+    rows that scored within ``margin`` below the semantic threshold. Near misses are searched among
+    up to ``sample`` of the clustered rows (``clustered``: row_id and vector), scored the way
+    semantic dedup scores (hybrid: w x cosine + (1 - w) x MinHash Jaccard of the whole row)."""
+    from purify_assets.core.dedup import REMOVING_KINDS, semantic_pairs
+    from purify_assets.core.review import DedupEvidence
+
+    mode = str(dedup_params.get("semantic_mode", "hybrid"))
+    t = float(dedup_params.get("semantic_threshold", 0.85 if mode == "hybrid" else 0.95))
+    w = float(dedup_params.get("semantic_weight_cosine", 0.5)) if mode == "hybrid" else 1.0
+    settings = {"near_threshold": float(dedup_params.get("near_threshold", 0.8)), "semantic_mode": mode,
+                "semantic_threshold": t, "semantic_weight_cosine": w}
+    removed = {k: int(v) for k, v in wh.run(con, "SELECT kind, count(DISTINCT row_id) FROM dedup_sets WHERE NOT is_representative "
+                                                 f"AND kind IN ({', '.join(repr(k) for k in REMOVING_KINDS)}) GROUP BY kind")}
+    full = "concat_ws(chr(10), {0}.instruction, {0}.input, {0}.output)"
+    pairs = wh.frame(con, f"""
+        SELECT kind, similarity, removed, kept FROM (
+            SELECT d.kind, d.similarity, {full.format('c')} AS removed, {full.format('r')} AS kept,
+                   row_number() OVER (PARTITION BY d.kind ORDER BY d.similarity, d.row_id) AS nth
+            FROM dedup_sets d JOIN clean_rows c ON c.row_id = d.row_id JOIN clean_rows r ON r.row_id = d.representative_row_id
+            WHERE NOT d.is_representative AND d.kind IN ('near', 'semantic'))
+        WHERE nth <= ? ORDER BY kind, similarity""", [n_pairs])
+    misses: list[dict[str, Any]] = []
+    if len(clustered) >= 2 and dedup_params.get("semantic", True):
+        rows = clustered.select("row_id", "vector")
+        if len(rows) > sample:
+            rows = rows.sort(pl.col("row_id").hash(7)).head(sample).sort("row_id")
+        con.register("_sample", rows.select("row_id"))
+        try:
+            info = wh.frame(con, f"SELECT c.row_id, c.row_hash, {full.format('c')} AS full_text FROM clean_rows c "
+                                 "JOIN _sample USING (row_id)")
+        finally:
+            con.unregister("_sample")
+        rows = rows.join(info, on="row_id", how="inner").sort("row_id")
+        x = _vectors(rows)
+        floor = max(0.0, (t - margin - (1 - w)) / w) if w > 0 else 1.0
+        i, j, cos = semantic_pairs(x, floor, method="exact")
+        score = cos.astype(np.float64)
+        if mode == "hybrid" and len(i):
+            num_perm = int(dedup_params.get("num_perm", 128))
+            sig = _cached_signatures(con, rows, num_perm)
+            score = w * cos + (1 - w) * (sig[i] == sig[j]).mean(axis=1) if sig is not None else None
+        if score is not None:
+            keep = np.flatnonzero((score >= t - margin) & (score < t))
+            keep = keep[np.argsort(-score[keep], kind="stable")][:n_pairs]
+            texts = rows["full_text"].to_list()
+            misses = [{"score": round(float(score[k]), 4), "a": texts[i[k]], "b": texts[j[k]]} for k in keep]
+    return DedupEvidence(settings=settings, removed=removed,
+                         removed_pairs=[dict(r, similarity=round(float(r["similarity"]), 4)) for r in pairs.iter_rows(named=True)],
+                         near_misses=misses)
+
+
+def _cached_signatures(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, num_perm: int) -> np.ndarray | None:
+    """The MinHash signatures dedup stored for ``rows`` (by row hash), or None when any is missing."""
+    con.register("_want", rows.select("row_hash").unique())
+    try:
+        found = wh.frame(con, "SELECT s.row_hash, any_value(s.signature) AS signature FROM dedup_signatures s JOIN _want "
+                              "USING (row_hash) WHERE s.config = ? GROUP BY s.row_hash", [f"minhash-auto-{num_perm}"])
+    finally:
+        con.unregister("_want")
+    table = rows.select("row_hash").join(found, on="row_hash", how="left")
+    if table["signature"].null_count():
+        return None
+    return table["signature"].cast(pl.List(pl.UInt64)).list.to_array(num_perm).to_numpy()
+
+
+def _dedup_review_markdown(ev: Any, recommendation: dict[str, Any] | None) -> str:
+    lines = [f"Settings: {ev.settings}; rows removed: {ev.removed or 'none'}.", "",
+             "**Recommendation:** " + (f"`dedup.{recommendation['parameter']}` -> {recommendation['value']}: "
+                                        + "; ".join(recommendation["reasons"]) if recommendation else "none")]
+    if ev.removed_pairs:
+        lines += ["", "Least similar pairs removed:", "", wh.markdown_table(pl.DataFrame(ev.removed_pairs), max_rows=8)]
+    if ev.near_misses:
+        lines += ["", "Kept pairs just below the semantic threshold:", "", wh.markdown_table(pl.DataFrame(ev.near_misses), max_rows=8)]
+    return "\n".join(lines)
 
 
 def _text_stats(rv: Any, part: pl.DataFrame) -> dict[str, Any]:

@@ -233,7 +233,8 @@ def test_offline_review_is_deterministic_and_order_independent():
     assert a == b
     assert validate_review(a, ev) == a
     assert all(c["verdict"] == "keep" for c in a["clusters"])
-    assert a["global"] == {"k_recommendation": "keep", "suggested_k": None, "reasons": a["global"]["reasons"]}
+    assert a["global"] == {"k_recommendation": "keep", "suggested_k": None, "reasons": a["global"]["reasons"],
+                           "dedup_recommendation": None}
     assert a["clusters"][0]["name"] == " / ".join(ev[0].top_terms[:3])
     assert a["clusters"][0]["task_type"] == "summarization"
 
@@ -333,7 +334,8 @@ def test_openai_happy_path_usage_cost_pii(key_env):
     assert out.failures == []
     assert out.reviewer_id == "openai:test-model"
     assert [c["name"] for c in out.review["clusters"]] == ["fake name 0", "fake name 1", "fake name 2"]
-    assert out.review["global"] == {"k_recommendation": "increase", "suggested_k": 7, "reasons": ["cluster 0 mixes two tasks"]}
+    assert out.review["global"] == {"k_recommendation": "increase", "suggested_k": 7, "reasons": ["cluster 0 mixes two tasks"],
+                                    "dedup_recommendation": None}  # the scripted answer predates the field: absent = null
     reqs = srv.chat_requests
     assert len(reqs) == 4 and out.usage["requests"] == 4 and out.usage["cache_hits"] == 0
     first = reqs[0]["body"]
@@ -644,3 +646,91 @@ def test_global_follows_the_k_sweep_when_no_verdict_asks_for_change():
     assert global_from_verdicts(clusters, ev, small_gain)["k_recommendation"] == "keep"
     fewer = dict(base, sweep_best_k=2, sweep_best_silhouette=0.3, sweep_current_silhouette=0.2)
     assert global_from_verdicts(clusters, ev, fewer)["suggested_k"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# dedup threshold recommendations
+# ---------------------------------------------------------------------------------------------
+
+def _dedup_ev(removed_pairs=(), near_misses=(), semantic_threshold=0.85):
+    return R.DedupEvidence(settings={"near_threshold": 0.8, "semantic_mode": "hybrid", "semantic_threshold": semantic_threshold,
+                                     "semantic_weight_cosine": 0.5},
+                           removed={"semantic": len(removed_pairs)}, removed_pairs=list(removed_pairs), near_misses=list(near_misses))
+
+
+def _sibling(a, b, sim):
+    return {"kind": "semantic", "similarity": sim, "removed": f"What is {a} plus {b}?", "kept": f"What is {a} plus {b + 1}?"}
+
+
+def test_offline_raises_the_threshold_when_removed_pairs_differ_in_numbers():
+    pairs = [_sibling(3, 4, 0.861), _sibling(12, 9, 0.874), _sibling(7, 1, 0.902),
+             {"kind": "semantic", "similarity": 0.95, "removed": "Name a colour.", "kept": "Name one colour."}]
+    rec = R.dedup_recommendation(_dedup_ev(pairs))
+    assert rec["parameter"] == "semantic_threshold" and rec["value"] == 0.91  # just above the highest sibling, 0.902
+    assert "3 of the 4" in rec["reasons"][0]
+    # two siblings are not enough evidence (dedup_min_pairs = 3); nor is a small share of many pairs
+    assert R.dedup_recommendation(_dedup_ev(pairs[1:])) is None
+    same = {"kind": "semantic", "similarity": 0.9, "removed": "Name a colour.", "kept": "Name one colour."}
+    assert R.dedup_recommendation(_dedup_ev(pairs[:3] + [same] * 8)) is None
+    # never a "raise" to a value at or below the current threshold
+    assert R.dedup_recommendation(_dedup_ev(pairs, semantic_threshold=0.95)) is None
+
+
+def test_offline_lowers_the_threshold_when_kept_pairs_differ_only_in_spacing():
+    misses = [{"score": 0.83, "a": "행복해 보여요.", "b": "행복해보여요"}, {"score": 0.81, "a": "Good  morning!", "b": "good morning"},
+              {"score": 0.795, "a": "See you, soon", "b": "See you soon."}, {"score": 0.84, "a": "Take an umbrella.", "b": "Take a coat."}]
+    rec = R.dedup_recommendation(_dedup_ev(near_misses=misses))
+    assert rec == {"parameter": "semantic_threshold", "value": 0.79, "reasons": rec["reasons"]}
+    assert R.dedup_recommendation(_dedup_ev(near_misses=misses[2:])) is None
+
+
+def test_dedup_recommendation_becomes_a_parameter_change_that_reruns_from_dedup():
+    from purify_assets.core.params import DEFAULT_PARAMS, affected_assets
+
+    review = _review_with(["keep"] * 3)
+    review["global"]["dedup_recommendation"] = {"parameter": "semantic_threshold", "value": 0.91, "reasons": ["siblings"]}
+    new, reasons = propose_params(review, DEFAULT_PARAMS)
+    assert new["dedup"]["semantic_threshold"] == 0.91 and DEFAULT_PARAMS["dedup"]["semantic_threshold"] == 0.85
+    assert reasons == ["dedup.semantic_threshold 0.85 -> 0.91: siblings"]
+    assert affected_assets(DEFAULT_PARAMS, new)[0] == "dedup_sets"
+    review["global"]["dedup_recommendation"]["value"] = 1.0
+    new, reasons = propose_params(review, DEFAULT_PARAMS)
+    assert new["dedup"]["semantic_threshold"] == 0.99 and "bounded" in reasons[0]
+    review["global"]["dedup_recommendation"]["value"] = 0.852  # below 0.005 of the current value: no change
+    assert propose_params(review, DEFAULT_PARAMS) is None
+
+
+@pytest.mark.parametrize("rec, fragment", [
+    ({"parameter": "exact_threshold", "value": 0.9, "reasons": []}, "dedup_recommendation.parameter"),
+    ({"parameter": "near_threshold", "value": 1.5, "reasons": []}, "dedup_recommendation.value"),
+    ({"parameter": "near_threshold", "value": "high", "reasons": []}, "dedup_recommendation.value"),
+    ({"parameter": "near_threshold", "value": 0.9}, "dedup_recommendation.reasons"),
+])
+def test_bad_dedup_recommendations_are_refused(rec, fragment):
+    review = _review_with(["keep"] * 3)
+    review["global"]["dedup_recommendation"] = rec
+    with pytest.raises(ReviewSchemaError, match=fragment.replace(".", r"\.")):
+        R.validate_review(review)
+
+
+def test_openai_global_request_shows_dedup_pairs_redacted_and_its_recommendation_is_used(key_env):
+    ev = _healthy(3)
+    pairs = [_sibling(3, 4, 0.86), _sibling(5, 6, 0.87), _sibling(8, 9, 0.88)]
+    pairs[0]["removed"] += " Mail lee.jiwoo@naver.com"
+
+    def answer(body):
+        if _cluster_id_from_prompt(body) is None:
+            return {"content": {"k_recommendation": "keep", "suggested_k": None, "reasons": ["fine"],
+                                "dedup_recommendation": {"parameter": "semantic_threshold", "value": 0.9,
+                                                         "reasons": ["removed pairs are different sums"]}}}
+        return _good_answer(body)
+
+    with FakeChatServer(default=answer) as srv:
+        out = _openai(srv, key_env).review(ev, {"silhouette": 0.2, "n_clusters": 3}, dedup=_dedup_ev(pairs))
+    global_request = srv.chat_requests[-1]["body"]
+    text = global_request["messages"][1]["content"]
+    assert "What is 3 plus 4?" in text and "lee.jiwoo@naver.com" not in text
+    assert global_request["response_format"]["json_schema"]["schema"] == R.GLOBAL_REVIEW_SCHEMA
+    assert out.review["global"]["dedup_recommendation"]["value"] == 0.9
+    new, _ = propose_params(out.review, {"cluster": {"algorithm": "kmeans", "k": 3}, "dedup": {"semantic_threshold": 0.85}})
+    assert new["dedup"]["semantic_threshold"] == 0.9

@@ -261,3 +261,136 @@ def test_the_rejection_rate_check_threshold_is_a_clean_parameter(home):
     assert lenient.values["rejection_rate"] == strict.values["rejection_rate"] == 0.25
     assert lenient.checks["rejection_rate_below_threshold"][0] is True
     assert strict.checks["rejection_rate_below_threshold"][0] is False
+
+
+class MeaningEmbedder(TrigramEmbedder):
+    """Texts listed in ``meanings`` share the vector of their meaning (a paraphrase embeds like its
+    original); any other text gets the trigram vector."""
+    model_id = "test:meaning-64"
+
+    def __init__(self, meanings):
+        super().__init__()
+        self.meanings = meanings
+
+    def embed(self, texts):
+        out = super().embed(texts)
+        for r, text in enumerate(texts):
+            if text in self.meanings:
+                v = np.zeros(self.dim, dtype=np.float32)
+                v[int(hashlib.md5(self.meanings[text].encode()).hexdigest()[:6], 16) % self.dim] = 1.0
+                out[r] = v
+        return out
+
+
+def conflict_rows():
+    rain, rain2 = "Will it rain in Seoul tomorrow?", "Will it rain in Seoul tomorrow ?"
+    return [
+        {"instruction": "What should I pack for a rainy trip?", "output": "Take an umbrella with you."},
+        {"instruction": "What should I pack for a rainy trip?", "output": "Bring your umbrella along, definitely."},
+        {"instruction": rain, "output": "Yes, heavy rain is expected all day."},
+        {"instruction": rain2, "output": "No, it will be sunny and dry."},
+        {"instruction": "Summarize this article.", "input": "The river flooded the old town in May.",
+         "output": "A May flood hit the old town."},
+        {"instruction": "Summarize this article.", "input": "The bakery won a national prize for bread.",
+         "output": "The bakery's bread won a prize."},
+    ], {
+        "Take an umbrella with you.": "umbrella", "Bring your umbrella along, definitely.": "umbrella",
+        "Yes, heavy rain is expected all day.": "rain-yes", "No, it will be sunny and dry.": "rain-no",
+        rain: "ask-rain", rain2: "ask-rain",
+        "Summarize this article.": "summarize",
+    }
+
+
+def test_conflicts_compare_responses_by_their_vectors(home):
+    rows, meanings = conflict_rows()
+    emb = MeaningEmbedder(meanings)
+    with wh.connect(home / "w.duckdb") as con:
+        key, report = load(con, home, "a.jsonl", rows, emb)
+        assert report.counts["response_vectors"] == 6  # every row has a response
+        assert wh.scalar(con, "SELECT count(*) FROM response_embeddings") == 6
+        out = dedup_rows(con, DEFAULT_PARAMS["dedup"], emb.model_id)
+        assert out.values["conflicts.instruction_match"] == "vector"
+        assert out.values["conflicts.response_similarity"] == "cosine of response vectors"
+        flagged = wh.frame(con, """SELECT c.output FROM dedup_sets d JOIN clean_rows c USING (row_id)
+                                   WHERE d.kind = 'conflict' ORDER BY c.output""")["output"].to_list()
+        # the two rain questions differ by one space (no exact match) and answer yes / no: a conflict;
+        # the reworded umbrella advice is not; the summaries answer different inputs: not one instruction
+        assert flagged == ["No, it will be sunny and dry.", "Yes, heavy rain is expected all day."]
+        assert out.counts["rows_removed"] == 0  # conflicts flag rows, they never remove them
+
+
+def test_conflicts_without_response_vectors_fall_back_to_minhash(home):
+    rows, meanings = conflict_rows()
+    emb = MeaningEmbedder(meanings)
+    with wh.connect(home / "w.duckdb") as con:
+        batch, _ = archive_file(write_batch(home / "a.jsonl", rows), home / "archive")
+        ingest_batch(con, batch)
+        clean_batch(con, batch.batch_key, DEFAULT_PARAMS["clean"], "instruction")
+        report = embed_batch(con, batch.batch_key, emb, response_vectors=False)
+        assert report.counts["response_vectors"] == 0
+        out = dedup_rows(con, DEFAULT_PARAMS["dedup"], emb.model_id)
+        assert out.values["conflicts.response_similarity"] == "MinHash Jaccard"
+        flagged = set(wh.frame(con, "SELECT c.output FROM dedup_sets d JOIN clean_rows c USING (row_id) "
+                                    "WHERE d.kind = 'conflict'")["output"].to_list())
+        # character overlap cannot tell a reworded answer from a different one: the umbrella pair is flagged too
+        assert "Take an umbrella with you." in flagged and "No, it will be sunny and dry." in flagged
+        # exact instruction matching (embedded text is the whole row) misses the respaced rain question
+        dedup_rows(con, DEFAULT_PARAMS["dedup"], emb.model_id, embedded_text="all")
+        exact = set(wh.frame(con, "SELECT c.output FROM dedup_sets d JOIN clean_rows c USING (row_id) "
+                                  "WHERE d.kind = 'conflict'")["output"].to_list())
+        assert exact == {"Take an umbrella with you.", "Bring your umbrella along, definitely."}
+
+
+def test_response_vectors_come_from_the_cache_when_a_response_was_embedded_before(home):
+    rows, meanings = conflict_rows()
+    emb = MeaningEmbedder(meanings)
+    with wh.connect(home / "w.duckdb") as con:
+        load(con, home, "a.jsonl", rows, emb)
+        # the second batch asks new questions whose answers are texts already embedded as responses
+        again = [{"instruction": f"New question {i}?", "output": r["output"]} for i, r in enumerate(rows)]
+        _, report = load(con, home, "b.jsonl", again, emb)
+        assert report.counts["response.embedded"] == 0 and report.counts["response.cache_hits"] == 6
+        assert report.counts["embedded"] == 6  # the new instructions themselves were never seen
+
+
+def test_a_column_the_first_record_omits_is_still_mapped(home):
+    rows = [{"instruction": "Name a colour.", "output": "Blue."},
+            {"instruction": "Summarize this.", "input": "The river flooded the town.", "output": "A flood."}]
+    with wh.connect(home / "w.duckdb") as con:
+        batch, _ = archive_file(write_batch(home / "sparse.jsonl", rows), home / "archive")
+        ingest_batch(con, batch)
+        got = wh.frame(con, "SELECT instruction, input FROM raw_rows ORDER BY line_no").rows()
+        assert got == [("Name a colour.", None), ("Summarize this.", "The river flooded the town.")]
+
+
+def test_a_review_raises_the_dedup_threshold_when_dedup_merged_template_siblings(home):
+    """Arithmetic rows that differ only in their numbers look alike to the embedder: with a low
+    cosine threshold dedup removes them as duplicates. The review sees that the removed pairs carry
+    different numbers, proposes a higher threshold, and the next dedup run keeps them apart."""
+    from purify_assets.core.params import affected_assets, deep_merge
+
+    emb = TrigramEmbedder()
+    store = ParamsStore(home / "p.sqlite")
+    params = deep_merge(set_path(DEFAULT_PARAMS, "cluster.k", 3),
+                        {"dedup": {"semantic_mode": "cosine", "semantic_threshold": 0.6, "near": False}})
+    pv = store.write(params, source="user", reason="a threshold far too low")
+    sums = [{"instruction": f"Add the numbers {a} and {b} and explain every step of the addition carefully.",
+             "output": f"The sum is {a + b}."} for a, b in [(12, 7), (31, 45), (58, 23), (64, 19), (77, 88), (90, 13)]]
+    with wh.connect(home / "w.duckdb") as con:
+        load(con, home, "a.jsonl", make_rows() + sums, emb, pv.params)
+        first = dedup_rows(con, pv.params["dedup"], emb.model_id)
+        removed_sums = wh.scalar(con, "SELECT count(*) FROM dedup_sets d JOIN clean_rows c USING (row_id) "
+                                      "WHERE NOT d.is_representative AND c.instruction LIKE 'Add the numbers%'")
+        assert removed_sums >= 3
+        cluster_rows(con, pv, emb.model_id)
+        measure_clusters(con, pv.params["measure"], emb.model_id)
+        review = review_clusters(con, pv, store, emb.model_id, home / "cache")
+        assert review.values["dedup_recommendation"].startswith("semantic_threshold -> ")
+        assert review.counts["dedup_evidence.removed_pairs"] > 0
+        assert "Least similar pairs removed" in review.markdown["dedup_review"]
+        proposed = store.get(review.values["proposed_version"])
+        new_threshold = proposed.params["dedup"]["semantic_threshold"]
+        assert new_threshold > 0.6
+        assert affected_assets(pv.params, proposed.params)[0] == "dedup_sets"  # the sensor re-runs from dedup
+        second = dedup_rows(con, proposed.params["dedup"], emb.model_id)
+        assert second.counts["rows_removed"] < first.counts["rows_removed"]
