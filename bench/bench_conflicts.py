@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not with_vectors:
                     wh.insert_frame(con, "response_embeddings", kept_vectors)
         reworded = [p for p in pairs if p["jaccard"] < 0.5 <= p["cosine"]]
-        head = C.header("conflicts", argv)
+        head = C.header("bench_conflicts", ["bench_conflicts"] + list(argv if argv is not None else sys.argv[1:]))
         data = {**head, "rows": n, "response_vectors": n_resp, "embedder": section, "settings": results,
                 "differing_answer_pairs": len(pairs), "pairs_minhash_calls_different": sum(p["jaccard"] < 0.5 for p in pairs),
                 "pairs_cosine_calls_different": sum(p["cosine"] < 0.5 for p in pairs),
