@@ -534,7 +534,7 @@ def stability(vectors: np.ndarray, params: dict[str, Any] | None = None, n_runs:
 
 def k_sweep(vectors: np.ndarray, ks: list[int] | range, seed: int = 0, sample_size: int = 20000,
             params: dict[str, Any] | None = None, silhouette_sample: int = 5000, n_runs: int = 3,
-            stability_sample: int = 3000) -> list[dict[str, Any]]:
+            stability_sample: int = 3000, threads: int | None = 1) -> list[dict[str, Any]]:
     """K-means for every k in ``ks`` on a sample of at most ``sample_size`` rows.
 
     Per k: ``silhouette`` (on at most ``silhouette_sample`` of those rows; ``silhouette_sample_size``),
@@ -542,7 +542,19 @@ def k_sweep(vectors: np.ndarray, ks: list[int] | range, seed: int = 0, sample_si
     (sum of squared distances to the centres, on the sample), ``stability`` (see ``stability``,
     on ``stability_sample`` rows), ``seconds``. ``params`` may carry other K-means settings
     (reduce, n_init ...); ``algorithm`` and ``k`` are set here. Use ``best_k`` to pick one.
+
+    ``threads`` caps the BLAS/OpenMP threads of the sweep's many small fits (default 1; None keeps
+    the libraries' defaults). On the shared 2-core machine here K-means's threads spin whenever
+    another job holds a core: a sweep of 8 ks on 10,000 rows took 47 s with the default threads and
+    10 s with one, under the same load.
     """
+    if threads:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=threads):
+            return k_sweep(vectors, ks, seed=seed, sample_size=sample_size, params=params,
+                           silhouette_sample=silhouette_sample, n_runs=n_runs, stability_sample=stability_sample,
+                           threads=None)
     from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 
     x = _as_matrix(vectors)

@@ -10,6 +10,10 @@ CONTRACT (used by ``purify_assets.assets.measure``):
   ``size``, ``share``, ``mean_silhouette``, ``nearest_cluster``, ``nearest_distance``, ``tiny``.
 - ``cluster_cards(vectors, labels, row_ids, texts, n_central=5, n_boundary=3) -> dict[int, dict]``:
   per cluster the rows closest to its centre and at its boundary (row_id + text).
+- ``silhouette_values(x, labels) -> np.ndarray``: per-row silhouette, scikit-learn's definition.
+- ``sample_silhouettes(vectors, labels, sample_size=5000, seed=0) -> (positions, values)``: the
+  silhouette of a stratified sample, computed once and handed to both ``global_metrics`` and
+  ``per_cluster_metrics`` (``silhouettes=``) so a stage pays for one O(sample^2) pass, not two.
 
 Conventions (all functions):
 
@@ -111,25 +115,103 @@ def _bootstrap_ci(values: np.ndarray, seed: int, n_boot: int = 1000, level: floa
     return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
 
 
+def sample_silhouettes(vectors: np.ndarray, labels: np.ndarray, sample_size: int = 5000,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Silhouette values of a stratified sample of the non-noise rows (proportional to cluster size,
+    at least 30 rows per cluster, at most about ``sample_size`` rows; distances within the sample).
+    Returns (row positions, values); both empty when there are fewer than two clusters. The same
+    sample ``per_cluster_metrics`` draws for the same ``sample_size`` and ``seed``."""
+    x, lab = _prep(vectors, labels)
+    dense, ids = _dense(lab)
+    idx = _stratified(dense, sample_size, seed)
+    if len(ids) < 2 or len(idx) <= len(np.unique(dense[idx])) or len(np.unique(dense[idx])) < 2:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    return idx, silhouette_values(x[idx], dense[idx])
+
+
+def silhouette_values(x: np.ndarray, labels: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Silhouette of every row of ``x`` (Euclidean, labels 0..m-1, no noise), as scikit-learn's
+    ``silhouette_samples`` defines it (a row alone in its cluster scores 0). Distances come from
+    one float32 matrix product per chunk of rows; scikit-learn upcasts float32 input to float64
+    in small blocks (0.43 s against 0.23 s here on 5,000 x 512 rows). The values agree with
+    scikit-learn's to about 1e-5."""
+    x = np.asarray(x, dtype=np.float32)
+    lab = np.asarray(labels, dtype=np.int64)
+    n = len(lab)
+    m = int(lab.max()) + 1 if n else 0
+    counts = np.bincount(lab, minlength=m).astype(np.float64)
+    onehot = np.zeros((n, m), dtype=np.float32)
+    onehot[np.arange(n), lab] = 1.0
+    sq = (x * x).sum(axis=1)
+    out = np.zeros(n)
+    for s in range(0, n, chunk):
+        xb = x[s : s + chunk]
+        d2 = sq[s : s + chunk, None] + sq[None, :] - 2.0 * (xb @ x.T)
+        np.maximum(d2, 0.0, out=d2)
+        d = np.sqrt(d2, out=d2)
+        d[np.arange(len(xb)), np.arange(s, s + len(xb))] = 0.0  # a row is at distance 0 from itself
+        sums = (d @ onehot).astype(np.float64)  # (rows, clusters): summed distances to each cluster
+        own = lab[s : s + len(xb)]
+        r = np.arange(len(xb))
+        own_size = counts[own]
+        a = np.where(own_size > 1, sums[r, own] / np.maximum(own_size - 1, 1), 0.0)
+        mean_other = sums / np.maximum(counts, 1)[None, :]
+        mean_other[r, own] = np.inf
+        mean_other[:, counts == 0] = np.inf  # a label with no rows here is no neighbour
+        b = mean_other.min(axis=1)
+        denom = np.maximum(a, b)
+        sil = np.where(denom > 0, (b - a) / np.where(denom > 0, denom, 1.0), 0.0)
+        out[s : s + len(xb)] = np.where(own_size > 1, sil, 0.0)
+    return out
+
+
+def _stratified_mean(values: np.ndarray, groups: np.ndarray, weights: dict[int, float], seed: int,
+                     n_boot: int, level: float = 0.95) -> tuple[float, float, float]:
+    """Weighted mean of per-group means (weights = each group's share of the population) and a
+    bootstrap interval that resamples within every group."""
+    present = [g for g in np.unique(groups) if weights.get(int(g), 0.0) > 0]
+    total = sum(weights[int(g)] for g in present)
+    if not present or total <= 0:
+        return NAN, NAN, NAN
+    est = float(sum(weights[int(g)] * values[groups == g].mean() for g in present) / total)
+    if len(values) < 2:
+        return est, NAN, NAN
+    rng = np.random.default_rng(seed)
+    means = np.zeros(n_boot)
+    for g in present:
+        v = values[groups == g]
+        w = weights[int(g)] / total
+        for b0 in range(0, n_boot, 100):  # 100 resamples at a time keeps the index matrix small
+            nb = min(100, n_boot - b0)
+            means[b0 : b0 + nb] += w * v[rng.integers(0, len(v), size=(nb, len(v)))].mean(axis=1)
+    a = (1 - level) / 2
+    return est, float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
 def global_metrics(vectors: np.ndarray, labels: np.ndarray, sample_size: int = 5000, seed: int = 0,
-                   score_sample: int = 100000, n_boot: int = 1000) -> dict[str, Any]:
+                   score_sample: int = 100000, n_boot: int = 1000,
+                   silhouettes: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """Global quality of a labelling.
 
     - ``silhouette``: mean silhouette of a uniform sample of at most ``sample_size`` non-noise
       rows (distances within the sample), ``silhouette_sample_size``, and
       ``silhouette_ci_low``/``silhouette_ci_high``: a 95 % bootstrap interval (``n_boot``
       resamples of the sampled rows' silhouette values; it covers which rows were drawn).
+      With ``silhouettes`` (from ``sample_silhouettes``: a stratified sample) no new silhouette is
+      computed: the estimate is the mean of the per-cluster sample means weighted by each
+      cluster's share of the non-noise rows (so over-sampled small clusters do not tilt it), and
+      the interval resamples within each cluster.
     - ``davies_bouldin`` (lower = better separated) and ``calinski_harabasz`` (higher = better), on
-      non-noise rows; on a uniform sample of ``score_sample`` rows above that (both are O(n)
-      but scikit-learn copies to float64); ``score_sample_size`` says how many.
+      non-noise rows; on a uniform sample of ``score_sample`` rows above that;
+      ``score_sample_size`` says how many. scikit-learn's definitions, computed here in one
+      chunked pass over the rows (float32 distances to the centroids, float64 sums) instead of
+      scikit-learn's float64 copy of the data: 0.15 s instead of 0.9 s on 110,000 x 512 rows.
     - ``n``, ``n_clusters``, ``n_noise``, ``noise_fraction``; size balance of the clusters:
       ``balance_entropy`` (Shannon entropy / log(n_clusters), 1 = perfectly even), ``gini``
       (0 = even, towards 1 = one cluster holds everything), ``largest_share``, ``smallest_share``
       (of non-noise rows), ``min_size``, ``max_size``.
     Undefined values (fewer than 2 clusters, too few rows) are NaN.
     """
-    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_samples
-
     x, lab = _prep(vectors, labels)
     n = len(lab)
     keep = np.where(lab >= 0)[0]
@@ -154,19 +236,57 @@ def global_metrics(vectors: np.ndarray, labels: np.ndarray, sample_size: int = 5
         out.update(balance_entropy=NAN, gini=NAN, largest_share=NAN, smallest_share=NAN, min_size=0, max_size=0)
     if m < 2:
         return out
-    s_idx = keep[sample_indices(len(keep), sample_size, seed)]
+    if silhouettes is not None:
+        s_idx, sil = (np.asarray(a) for a in silhouettes)
+        if len(s_idx):
+            shares = {int(c): float(cnt) / float(sizes.sum()) for c, cnt in zip(ids, sizes)}
+            est, lo, hi = _stratified_mean(sil, lab[s_idx], shares, seed, n_boot)
+            out.update(silhouette=est, silhouette_ci_low=lo, silhouette_ci_high=hi,
+                       silhouette_sample_size=int(len(s_idx)))
+        s_idx = np.zeros(0, dtype=np.int64)
+    else:
+        s_idx = keep[sample_indices(len(keep), sample_size, seed)]
     if len(np.unique(lab[s_idx])) >= 2 and len(s_idx) > len(np.unique(lab[s_idx])):
-        sil = silhouette_samples(x[s_idx], lab[s_idx])
+        sil = silhouette_values(x[s_idx], _dense(lab[s_idx])[0])
         out["silhouette"] = float(sil.mean())
         out["silhouette_sample_size"] = int(len(s_idx))
         lo, hi = _bootstrap_ci(sil, seed, n_boot)
         out["silhouette_ci_low"], out["silhouette_ci_high"] = lo, hi
     c_idx = keep[sample_indices(len(keep), score_sample, seed + 1)]
     if len(np.unique(lab[c_idx])) >= 2 and len(c_idx) > len(np.unique(lab[c_idx])):
-        out["davies_bouldin"] = float(davies_bouldin_score(x[c_idx], lab[c_idx]))
-        out["calinski_harabasz"] = float(calinski_harabasz_score(x[c_idx], lab[c_idx]))
+        scored = np.full(n, -1, dtype=np.int64)  # rows outside the sample are left out like noise
+        scored[c_idx] = lab[c_idx]
+        dense, used = _dense(scored)
+        out["davies_bouldin"], out["calinski_harabasz"] = _separation_scores(x, dense, len(used))
         out["score_sample_size"] = int(len(c_idx))
     return out
+
+
+def _separation_scores(x: np.ndarray, dense: np.ndarray, m: int) -> tuple[float, float]:
+    """(Davies-Bouldin, Calinski-Harabasz) of the rows labelled 0..m-1 in ``dense`` (-1 = left out),
+    as scikit-learn defines them. One pass over the rows in chunks gives every row's distance to its
+    own centroid; the rest is per cluster."""
+    centers = label_means(x, dense, m)
+    counts = np.bincount(dense[dense >= 0], minlength=m).astype(np.float64)
+    total = counts.sum()
+    dist_sum = np.zeros(m)
+    sq_sum = np.zeros(m)
+    for _s, lb, _d, _r, valid, own in _center_distance_chunks(x, dense, centers):
+        own64 = own[valid].astype(np.float64)
+        dist_sum += np.bincount(lb[valid], weights=own64, minlength=m)
+        sq_sum += np.bincount(lb[valid], weights=own64 * own64, minlength=m)
+    c64 = centers.astype(np.float64)
+    mean = (counts[:, None] * c64).sum(axis=0) / total
+    between = float((counts * ((c64 - mean) ** 2).sum(axis=1)).sum())
+    within = float(sq_sum.sum())
+    ch = 1.0 if within == 0 else between * (total - m) / (within * (m - 1))
+    intra = dist_sum / np.maximum(counts, 1)
+    gap = np.sqrt(np.maximum(((c64[:, None, :] - c64[None, :, :]) ** 2).sum(axis=2), 0.0))
+    if np.allclose(intra, 0) or np.allclose(gap, 0):
+        return 0.0, float(ch)
+    gap[gap == 0] = np.inf
+    db = float(np.mean(np.max((intra[:, None] + intra[None, :]) / gap, axis=1)))
+    return db, float(ch)
 
 
 def _cos_dist_matrix(c: np.ndarray) -> np.ndarray:
@@ -176,7 +296,8 @@ def _cos_dist_matrix(c: np.ndarray) -> np.ndarray:
 
 def per_cluster_metrics(vectors: np.ndarray, labels: np.ndarray, sample_size: int = 5000, seed: int = 0,
                         tiny_min: int = 5, tiny_share: float = 0.01, outlier_sd: float = 3.0,
-                        include_noise: bool = True, include_centroid: bool = False) -> list[dict[str, Any]]:
+                        include_noise: bool = True, include_centroid: bool = False,
+                        silhouettes: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict[str, Any]]:
     """One dict per cluster (sorted by cluster id), plus a noise row (``cluster`` -1) at the end
     when there is noise and ``include_noise``.
 
@@ -196,9 +317,9 @@ def per_cluster_metrics(vectors: np.ndarray, labels: np.ndarray, sample_size: in
       rows farther from the centroid than mean + ``outlier_sd`` standard deviations of those
       distances (``outlier_threshold``).
     - ``centroid`` (list of floats, input space) only with ``include_centroid``.
-    """
-    from sklearn.metrics import silhouette_samples
 
+    ``silhouettes`` (from ``sample_silhouettes`` on the same labels) replaces the silhouette pass.
+    """
     x, lab = _prep(vectors, labels)
     n = len(lab)
     dense, ids = _dense(lab)
@@ -227,9 +348,14 @@ def per_cluster_metrics(vectors: np.ndarray, labels: np.ndarray, sample_size: in
             closer_to_nearest[s : s + len(lb)] = valid & (d[r, nb] < own)
 
     sil = np.full(n, np.nan)
-    s_idx = _stratified(dense, sample_size, seed)
-    if m >= 2 and len(s_idx) > m:
-        sil[s_idx] = silhouette_samples(x[s_idx], dense[s_idx])
+    if silhouettes is not None:
+        s_idx, values = (np.asarray(a) for a in silhouettes)
+        if len(s_idx):
+            sil[s_idx] = values
+    else:
+        s_idx = _stratified(dense, sample_size, seed)
+        if m >= 2 and len(s_idx) > m:
+            sil[s_idx] = silhouette_values(x[s_idx], dense[s_idx])
 
     tiny_limit = max(tiny_min, tiny_share * n)
     for c in range(m):

@@ -1,9 +1,18 @@
 """2-D and 3-D projections: PCA, t-SNE, UMAP; fit on a sample for large n.
 
-CONTRACT (used by ``purify_assets.assets.project``):
+CONTRACT (used by ``purify_assets.stages.cycle.project_rows``):
 
 - ``project(vectors, method, n_components, seed=0, fit_sample=...) -> np.ndarray`` float32
   (n, n_components). method in "pca" | "tsne" | "umap".
+- ``fit_indices(n, method, fit_sample=..., tsne_max_fit=..., seed=0) -> np.ndarray``: the rows
+  ``project`` fits on for those arguments (sorted positions), so a caller can keep the fit.
+- ``place(x_fit, y_fit, x_new, method, n_components, seed=0, knn=10, neighbours=None) -> np.ndarray``:
+  coordinates for rows that were not part of an earlier ``project`` call, consistent with it, from
+  the fitted rows' vectors ``x_fit`` and their coordinates ``y_fit``. PCA is refitted on ``x_fit``
+  (the same rows and seed give the same components) and transforms ``x_new``; t-SNE and UMAP place
+  ``x_new`` by k-NN onto the fitted rows, which is what ``project`` does itself for rows outside its
+  fit sample. This is how an incremental cycle adds a few new rows to an existing map without
+  refitting.
 
 How each method scales (n rows, fit on a sample, place the rest):
 
@@ -52,27 +61,69 @@ def _pad(y: np.ndarray, n_components: int) -> np.ndarray:
     return y
 
 
-def _pca(x: np.ndarray, n_components: int, seed: int, fit_idx: np.ndarray) -> np.ndarray:
+def _pca_model(x_fit: np.ndarray, n_components: int, seed: int):
     from sklearn.decomposition import PCA
 
-    nc = max(1, min(n_components, x.shape[1], len(fit_idx)))
-    model = PCA(n_components=nc, random_state=seed).fit(x[fit_idx])
+    nc = max(1, min(n_components, x_fit.shape[1], len(x_fit)))
+    return PCA(n_components=nc, random_state=seed).fit(x_fit)
+
+
+def _pca_transform(model, x: np.ndarray, n_components: int) -> np.ndarray:
+    if len(x) == 0:
+        return np.zeros((0, n_components), dtype=np.float32)
     out = np.concatenate([model.transform(x[s : s + CHUNK]) for s in range(0, len(x), CHUNK)])
     return _pad(out, n_components)
 
 
-def knn_place(x_fit: np.ndarray, y_fit: np.ndarray, x_rest: np.ndarray, knn: int = 10) -> np.ndarray:
-    """Place rows by the inverse-distance-weighted mean of their ``knn`` nearest fitted rows."""
+def _pca(x: np.ndarray, n_components: int, seed: int, fit_idx: np.ndarray) -> np.ndarray:
+    return _pca_transform(_pca_model(x[fit_idx], n_components, seed), x, n_components)
+
+
+def fit_indices(n: int, method: str, fit_sample: int = 20000, tsne_max_fit: int = 5000, seed: int = 0) -> np.ndarray:
+    """Sorted positions of the rows ``project`` fits ``method`` on, for ``n`` rows and these arguments."""
+    cap = min(fit_sample, tsne_max_fit) if method == "tsne" else fit_sample
+    return _sample(n, cap, seed)
+
+
+def _uses_pca(method: str, n_fit: int, n_components: int) -> bool:
+    # t-SNE needs perplexity < n; UMAP needs a neighbour graph and n_components + 1 < n
+    return method == "pca" or n_fit < max(n_components + 2, 6)
+
+
+def _neighbour_chunks(x_fit: np.ndarray, x_rest: np.ndarray, knn: int):
+    """Per chunk of ``x_rest``: (start, indices of the ``knn`` nearest fitted rows, their weights
+    1 / (distance + 1e-6), normalized to sum to 1)."""
     from sklearn.neighbors import NearestNeighbors
 
     k = max(1, min(knn, len(x_fit)))
     nn = NearestNeighbors(n_neighbors=k).fit(x_fit)
-    out = np.empty((len(x_rest), y_fit.shape[1]), dtype=np.float32)
     for s in range(0, len(x_rest), CHUNK):
         d, j = nn.kneighbors(x_rest[s : s + CHUNK], n_neighbors=k)
         w = 1.0 / (d + 1e-6)
-        w /= w.sum(axis=1, keepdims=True)
-        out[s : s + len(d)] = np.einsum("ij,ijc->ic", w, y_fit[j])
+        yield s, j, w / w.sum(axis=1, keepdims=True)
+
+
+def knn_neighbours(x_fit: np.ndarray, x_rest: np.ndarray, knn: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, weights), each (len(x_rest), k): what ``knn_place`` averages over. Computed once,
+    it serves every map fitted on the same rows (2-D and 3-D, UMAP and t-SNE)."""
+    parts = list(_neighbour_chunks(np.asarray(x_fit, dtype=np.float32), np.asarray(x_rest, dtype=np.float32), knn))
+    if not parts:
+        k = max(1, min(knn, len(x_fit)))
+        return np.zeros((0, k), dtype=np.int64), np.zeros((0, k))
+    return np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+
+
+def knn_place(x_fit: np.ndarray, y_fit: np.ndarray, x_rest: np.ndarray, knn: int = 10,
+              neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Place rows by the inverse-distance-weighted mean of their ``knn`` nearest fitted rows
+    (``neighbours`` from ``knn_neighbours`` skips the search)."""
+    out = np.empty((len(x_rest), y_fit.shape[1]), dtype=np.float32)
+    if neighbours is not None:
+        j, w = neighbours
+        out[:] = np.einsum("ij,ijc->ic", w, y_fit[j])
+        return out
+    for s, j, w in _neighbour_chunks(x_fit, x_rest, knn):
+        out[s : s + len(j)] = np.einsum("ij,ijc->ic", w, y_fit[j])
     return out
 
 
@@ -101,11 +152,9 @@ def project(vectors: np.ndarray, method: str, n_components: int, seed: int = 0, 
     if n == 0:
         return np.zeros((0, n_components), dtype=np.float32)
 
-    cap = min(fit_sample, tsne_max_fit) if method == "tsne" else fit_sample
-    fit_idx = _sample(n, cap, seed)
+    fit_idx = fit_indices(n, method, fit_sample, tsne_max_fit, seed)
     n_fit = len(fit_idx)
-    # t-SNE needs perplexity < n; UMAP needs a neighbour graph and n_components + 1 < n
-    if method == "pca" or n_fit < max(n_components + 2, 6):
+    if _uses_pca(method, n_fit, n_components):
         return _pca(x, n_components, seed, fit_idx)
 
     rest = np.setdiff1d(np.arange(n), fit_idx, assume_unique=True)
@@ -142,3 +191,33 @@ def project(vectors: np.ndarray, method: str, n_components: int, seed: int = 0, 
             r = rest[s : s + CHUNK]
             out[r] = np.asarray(model.transform(x[r]), dtype=np.float32)
     return out
+
+
+def place(x_fit: np.ndarray, y_fit: np.ndarray, x_new: np.ndarray, method: str, n_components: int,
+          seed: int = 0, knn: int = 10, neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Coordinates for ``x_new`` in a map made earlier by ``project``: ``x_fit`` are the vectors of the
+    rows that map was fitted on (``fit_indices``, in the same order) and ``y_fit`` their coordinates.
+
+    PCA (and the tiny-input PCA fallback of the other methods) is refitted on ``x_fit`` with ``seed``,
+    which reproduces the earlier components, and transforms ``x_new``; t-SNE and UMAP place each new
+    row at the distance-weighted mean of its ``knn`` nearest fitted rows, as ``project`` does for
+    every row outside its fit sample. ``neighbours`` (``knn_neighbours(x_fit, x_new, knn)``) reuses
+    one neighbour search for several maps fitted on the same rows. Returns float32
+    (len(x_new), n_components).
+    """
+    if method not in METHODS:
+        raise ValueError(f"projection method {method!r} unknown; choose one of {METHODS}")
+    x_fit = np.asarray(x_fit, dtype=np.float32)
+    x_new = np.asarray(x_new, dtype=np.float32)
+    y_fit = np.asarray(y_fit, dtype=np.float32)
+    if x_fit.ndim != 2 or len(x_fit) == 0:
+        raise ValueError(f"place needs the fitted rows' vectors, got shape {x_fit.shape}")
+    if y_fit.shape != (len(x_fit), n_components):
+        raise ValueError(f"y_fit has shape {y_fit.shape}, expected ({len(x_fit)}, {n_components})")
+    if len(x_new) == 0:
+        return np.zeros((0, n_components), dtype=np.float32)
+    if x_new.ndim != 2 or x_new.shape[1] != x_fit.shape[1]:
+        raise ValueError(f"x_new has shape {x_new.shape}; the fitted rows have dimension {x_fit.shape[1]}")
+    if _uses_pca(method, len(x_fit), n_components):
+        return _pca_transform(_pca_model(x_fit, n_components, seed), x_new, n_components)
+    return knn_place(x_fit, y_fit, x_new, knn=knn, neighbours=neighbours)

@@ -51,6 +51,17 @@ TABLE_DDL: dict[str, str] = {
         cycle INTEGER, row_id VARCHAR, cluster INTEGER, strength FLOAT, algorithm VARCHAR, params_hash VARCHAR""",
     "projections": """
         cycle INTEGER, row_id VARCHAR, method VARCHAR, dims INTEGER, x FLOAT, y FLOAT, z FLOAT, cluster INTEGER""",
+    # What a reusable fit was computed on, so the next cycle can tell whether to keep or redo it:
+    # stage 'projections' (rows at the last projection fit, and rows placed onto it since) or
+    # 'k_sweep' (rows the last computed k sweep saw). One row per (stage, row); config hashes the
+    # model and the parameters the fit depends on.
+    "fit_state": """
+        stage VARCHAR, config VARCHAR, fit_cycle INTEGER, rows_at_fit BIGINT, row_id VARCHAR, text_hash VARCHAR,
+        since_fit BOOLEAN""",
+    # the rows each projection (method, dims) was fitted on, with their fitted coordinates: new rows
+    # are placed onto these (core/projection.place) while the fit is reused
+    "projection_fit": """
+        config VARCHAR, method VARCHAR, dims INTEGER, row_id VARCHAR, text_hash VARCHAR, x FLOAT, y FLOAT, z FLOAT""",
     "cluster_metrics": """
         cycle INTEGER, scope VARCHAR, setting VARCHAR, cluster INTEGER, metric VARCHAR, value DOUBLE, params_hash VARCHAR""",
     "cluster_reviews": """

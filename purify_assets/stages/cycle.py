@@ -312,56 +312,235 @@ def latest_cycle_or_fail(con: duckdb.DuckDBPyConnection) -> int:
     return cycle
 
 
-def _labelled(con: duckdb.DuckDBPyConnection, cycle: int, model_id: str, with_text: bool = False) -> pl.DataFrame:
+def _labelled(con: duckdb.DuckDBPyConnection, cycle: int, model_id: str, with_text: bool = False,
+              with_vector: bool = True) -> pl.DataFrame:
+    """The rows labelled in ``cycle``, by row id: cluster, strength, the text hash their vector was
+    made from, and (optionally) the vector and the texts."""
+    vector = ", e.vector" if with_vector else ""
     extra = ", c.text, c.instruction, c.input, c.output, c.lang" if with_text else ""
     return wh.frame(con, f"""
-        SELECT l.row_id, l.cluster, l.strength, e.vector{extra} FROM cluster_labels l
+        SELECT l.row_id, l.cluster, l.strength, c.text_hash{vector}{extra} FROM cluster_labels l
         JOIN embeddings e ON e.row_id = l.row_id AND e.model_id = ?
         JOIN clean_rows c ON c.row_id = l.row_id AND c.text_hash = e.text_hash
         WHERE l.cycle = ? ORDER BY l.row_id""", [model_id, cycle])
 
 
+def _vectors_for_rows(con: duckdb.DuckDBPyConnection, keys: pl.DataFrame, model_id: str) -> pl.DataFrame:
+    """(row_id, text_hash, vector) for the rows of ``keys`` (row_id, text_hash) that still have an
+    embedding of that text by ``model_id``, in the order of ``keys``."""
+    keys = keys.select("row_id", "text_hash")
+    con.register("_want_rows", keys)
+    try:
+        found = wh.frame(con, "SELECT k.row_id, k.text_hash, any_value(e.vector) AS vector FROM _want_rows k "
+                              "JOIN embeddings e ON e.row_id = k.row_id AND e.text_hash = k.text_hash AND e.model_id = ? "
+                              "GROUP BY k.row_id, k.text_hash", [model_id])
+    finally:
+        con.unregister("_want_rows")
+    return keys.join(found, on=["row_id", "text_hash"], how="inner", maintain_order="left")
+
+
+def _fit_config(kind: str, settings: dict[str, Any], model_id: str) -> str:
+    """Hash of what a reusable fit depends on besides the rows: its settings and the model."""
+    from purify_assets.core.params import params_hash
+
+    return params_hash({"kind": kind, "model": model_id, "settings": settings})
+
+
 # ------------------------------------------------------------------------------------------- project
+#: ``project`` parameters passed on to core.projection.project; with methods, seed and fit_sample they
+#: decide the coordinates, so a change in any of them means a refit
+_PROJECT_FIT_KEYS = ("tsne_max_fit", "perplexity", "n_neighbors", "min_dist", "metric", "knn", "umap_place")
+
+
+def _projection_settings(project_params: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"methods": [str(m) for m in project_params.get("methods", ["pca", "umap"])],
+                           "seed": int(project_params.get("seed", 0)),
+                           "fit_sample": int(project_params.get("fit_sample", 20000))}
+    out.update({k: project_params[k] for k in _PROJECT_FIT_KEYS if project_params.get(k) is not None})
+    return out
+
+
+def _projection_plan(con: duckdb.DuckDBPyConnection, data: pl.DataFrame, config: str, combos: list[tuple[str, int]],
+                     settings: dict[str, Any], refit_share: float, model_id: str) -> dict[str, Any]:
+    """Decide whether the last projection fit still serves the rows of ``data`` (row_id, text_hash).
+
+    It does when it was made with the same model and settings (``config``), its fitted rows still
+    have the same vectors, and the rows that changed since it (new rows, rows placed onto it in
+    later cycles, rows of the fit that are gone) are at most ``refit_share`` of the rows it was fitted
+    for. Returns {"reuse": bool, "reason": str, ...}; when reusing, also the fitted rows with their
+    coordinates and vectors, the previous coordinates of the rows that keep them, and which those are.
+    """
+    plan: dict[str, Any] = {"reuse": False}
+    if settings.get("umap_place") == "transform" and "umap" in settings["methods"]:
+        return dict(plan, reason="umap_place=transform places rows with the fitted UMAP model, which is not kept")
+    state = wh.frame(con, "SELECT config, fit_cycle, rows_at_fit, row_id, text_hash, since_fit FROM fit_state "
+                          "WHERE stage = 'projections'")
+    if state.is_empty():
+        return dict(plan, reason="no earlier projection fit")
+    if state["config"].n_unique() != 1 or state["config"][0] != config:
+        return dict(plan, reason="the projection parameters or the embedding model changed since the last fit")
+    fit_cycle, rows_at_fit = int(state["fit_cycle"][0]), int(state["rows_at_fit"][0])
+    # rows whose previous coordinates are still valid: same row, same text (hence the same vector)
+    known = data.select("row_id", "text_hash").join(state.select("row_id", "text_hash", "since_fit"),
+                                                    on=["row_id", "text_hash"], how="inner")
+    placed_before = int(known["since_fit"].sum())
+    new = len(data) - len(known)
+    gone = rows_at_fit - (len(known) - placed_before)
+    changed = new + placed_before + gone
+    share = changed / max(rows_at_fit, 1)
+    plan.update(fit_cycle=fit_cycle, rows_at_fit=rows_at_fit, changed_share=share, rows_new=new,
+                rows_placed_before=placed_before, rows_gone=gone)
+    if share > refit_share:
+        return dict(plan, reason=f"{changed:,} rows are new, placed or gone since the fit in cycle {fit_cycle}: "
+                                 f"{share:.1%} of its {rows_at_fit:,} rows, above project.refit_share {refit_share:.0%}")
+    fit = wh.frame(con, "SELECT method, dims, row_id, text_hash, x, y, z FROM projection_fit WHERE config = ? "
+                        "ORDER BY method, dims, row_id", [config])
+    stored = set(zip(fit["method"].to_list(), fit["dims"].to_list()))
+    missing = [f"{m} {d}-D" for m, d in combos if (m, d) not in stored]
+    if missing:
+        return dict(plan, reason=f"no stored fit for {', '.join(missing)}")
+    fit_keys = fit.select("row_id", "text_hash").unique(maintain_order=True)
+    fit_vectors = _vectors_for_rows(con, fit_keys, model_id)
+    if len(fit_vectors) < len(fit_keys):
+        return dict(plan, reason=f"{len(fit_keys) - len(fit_vectors):,} rows the projection was fitted on changed "
+                                 "their text or left the warehouse")
+    old = wh.frame(con, "SELECT row_id, method, dims, x, y, z FROM projections "
+                        "WHERE cycle = (SELECT max(cycle) FROM projections)")
+    old = old.join(known.select("row_id"), on="row_id", how="semi")
+    per_combo = {(m, int(d)): int(n) for m, d, n in old.group_by(["method", "dims"]).len().iter_rows()}
+    short = [f"{m} {d}-D" for m, d in combos if per_combo.get((m, d), 0) != len(known)]
+    if short:
+        return dict(plan, reason=f"the stored coordinates do not cover every earlier row ({', '.join(short)})")
+    reason = (f"{changed:,} rows new, placed or gone since the fit in cycle {fit_cycle}: {share:.1%} of its "
+              f"{rows_at_fit:,} rows, within project.refit_share {refit_share:.0%}")
+    return dict(plan, reuse=True, reason=reason, fit=fit, fit_vectors=fit_vectors, old=old, known=known)
+
+
 def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any], model_id: str, plots_dir: Path,
                  log: Log = _no_log) -> StageReport:
-    """2-D and 3-D coordinates per method for the latest cycle, with a PNG and an HTML plot per method."""
+    """2-D and 3-D coordinates per method for the latest cycle, with a PNG and an HTML plot per method.
+
+    Coordinates depend on the vectors and the projection settings, not on the cluster labels. So
+    when the last fit still holds (see ``_projection_plan``: same model and settings, its rows
+    unchanged, at most ``project.refit_share`` (default 0.2) of the rows changed since), the rows
+    projected before keep their coordinates and only the rows new to the map are placed onto the
+    stored fit (``core.projection.place``); the current labels are joined and the plots redrawn.
+    Otherwise every method is refitted. ``mode``, ``refit_reason`` and the row counts say which.
+    """
     from purify_assets.core.plots import scatter_3d_html, scatter_png
-    from purify_assets.core.projection import project
+    from purify_assets.core.projection import fit_indices, knn_neighbours, place, project
 
     report = StageReport()
     cycle = latest_cycle_or_fail(con)
-    data = _labelled(con, cycle, model_id, with_text=True)
-    vectors = _vectors(data)
+    settings = _projection_settings(project_params)
+    config = _fit_config("projections", settings, model_id)
+    refit_share = float(project_params.get("refit_share", 0.2))
+    methods, seed, fit_sample = settings["methods"], settings["seed"], settings["fit_sample"]
+    combos = [(method, dims) for method in methods for dims in (2, 3)]
+    with report.timed("load"):
+        data = _labelled(con, cycle, model_id, with_text=True, with_vector=False)
+        plan = _projection_plan(con, data, config, combos, settings, refit_share, model_id)
+    n = len(data)
     labels = data["cluster"].to_numpy()
+    ids = data.select("row_id")
+    coords: dict[tuple[str, int], np.ndarray] = {}
+    fit_frames: list[pl.DataFrame] = []
+    if plan["reuse"]:
+        known = plan["known"]
+        new_rows = _vectors_for_rows(con, data.join(known.select("row_id"), on="row_id", how="anti"), model_id)
+        x_new = _vectors(new_rows)
+        log(f"projection: keeping the fit of cycle {plan['fit_cycle']} for {len(known):,} rows, placing {len(new_rows):,} new rows")
+        knn = int(settings.get("knn", 10))
+        searched: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # fitted row ids -> neighbours of the new rows
+        for method, dims in combos:
+            with report.timed(f"{method}_{dims}d"):
+                fitted = plan["fit"].filter((pl.col("method") == method) & (pl.col("dims") == dims)).join(
+                    plan["fit_vectors"], on=["row_id", "text_hash"], how="left", maintain_order="left")
+                y_fit = fitted.select(["x", "y", "z"][:dims]).to_numpy().astype(np.float32)
+                x_fit = _vectors(fitted)
+                neighbours = None
+                if method != "pca" and len(new_rows):
+                    # 2-D and 3-D maps (and UMAP and t-SNE below tsne_max_fit) share their fitted rows
+                    key = tuple(fitted["row_id"].to_list())
+                    if key not in searched:
+                        searched[key] = knn_neighbours(x_fit, x_new, knn=knn)
+                    neighbours = searched[key]
+                placed = place(x_fit, y_fit, x_new, method, dims, seed=seed, knn=knn, neighbours=neighbours) \
+                    if len(new_rows) else np.zeros((0, dims), dtype=np.float32)
+                fresh = pl.DataFrame({"row_id": new_rows["row_id"], "x": placed[:, 0], "y": placed[:, 1],
+                                      "z": placed[:, 2] if dims == 3 else pl.Series([None] * len(new_rows), dtype=pl.Float32)},
+                                     schema={"row_id": pl.String, "x": pl.Float32, "y": pl.Float32, "z": pl.Float32})
+                previous = plan["old"].filter((pl.col("method") == method) & (pl.col("dims") == dims)).select(
+                    "row_id", pl.col("x").cast(pl.Float32), pl.col("y").cast(pl.Float32), pl.col("z").cast(pl.Float32))
+                table = ids.join(pl.concat([previous, fresh]), on="row_id", how="left", maintain_order="left")
+                coords[(method, dims)] = table.select(["x", "y", "z"][:dims]).to_numpy().astype(np.float32)
+        report.counts.update(rows_reused=len(known), rows_placed=len(new_rows), rows_refit=0)
+    else:
+        with report.timed("load_vectors"):
+            vectors = _vectors(_vectors_for_rows(con, data, model_id))
+        extra = {k: settings[k] for k in _PROJECT_FIT_KEYS if k in settings}
+        log(f"projection: refitting ({plan['reason']})")
+        for method, dims in combos:
+            log(f"projecting {n:,} rows with {method} to {dims}-D")
+            with report.timed(f"{method}_{dims}d"):
+                c = project(vectors, method, dims, seed=seed, fit_sample=fit_sample, **extra)
+            coords[(method, dims)] = c
+            idx = fit_indices(n, method, fit_sample=fit_sample, tsne_max_fit=int(settings.get("tsne_max_fit", 5000)), seed=seed)
+            fit_frames.append(pl.DataFrame({
+                "config": [config] * len(idx), "method": [method] * len(idx), "dims": pl.Series([dims] * len(idx), dtype=pl.Int32),
+                "row_id": data["row_id"].gather(idx), "text_hash": data["text_hash"].gather(idx),
+                "x": c[idx, 0], "y": c[idx, 1],
+                "z": c[idx, 2] if dims == 3 else pl.Series([None] * len(idx), dtype=pl.Float32)}))
+        report.counts.update(rows_reused=0, rows_placed=0, rows_refit=n)
     frames = []
     plots_dir.mkdir(parents=True, exist_ok=True)
-    seed = int(project_params.get("seed", 0))
-    fit_sample = int(project_params.get("fit_sample", 20000))
-    for method in project_params.get("methods", ["pca", "umap"]):
-        for dims in (2, 3):
-            log(f"projecting {len(data):,} rows with {method} to {dims}-D")
-            with report.timed(f"{method}_{dims}d"):
-                coords = project(vectors, method, dims, seed=seed, fit_sample=fit_sample)
-            frames.append(pl.DataFrame({
-                "cycle": pl.Series([cycle] * len(data), dtype=pl.Int32), "row_id": data["row_id"],
-                "method": [method] * len(data), "dims": pl.Series([dims] * len(data), dtype=pl.Int32),
-                "x": coords[:, 0], "y": coords[:, 1],
-                "z": coords[:, 2] if dims == 3 else pl.Series([None] * len(data), dtype=pl.Float32),
-                "cluster": pl.Series(labels.astype(np.int32)),
-            }))
+    note = (f"; map fitted in cycle {plan['fit_cycle']}, {report.counts['rows_placed'] + plan.get('rows_placed_before', 0):,} "
+            "rows placed onto it since" if plan["reuse"] else "")
+    # plots draw a seeded sample above these sizes and say so in their titles ("showing m of n points");
+    # at 11k rows a PNG takes ~0.1 s and an HTML ~0.1 s to build here, so the plots' own caps stand
+    png_points = int(project_params.get("plot_points", 50000))
+    html_points = int(project_params.get("plot_points_3d", 20000))
+    for method, dims in combos:
+        c = coords[(method, dims)]
+        frames.append(pl.DataFrame({
+            "cycle": pl.Series([cycle] * n, dtype=pl.Int32), "row_id": data["row_id"],
+            "method": [method] * n, "dims": pl.Series([dims] * n, dtype=pl.Int32),
+            "x": c[:, 0], "y": c[:, 1],
+            "z": c[:, 2] if dims == 3 else pl.Series([None] * n, dtype=pl.Float32),
+            "cluster": pl.Series(labels.astype(np.int32)),
+        }))
+        with report.timed("plots"):
             if dims == 2:
-                png = scatter_png(coords, labels, f"cycle {cycle}: {method.upper()} 2-D, {len(data):,} rows")
+                png = scatter_png(c, labels, f"cycle {cycle}: {method.upper()} 2-D, {n:,} rows{note}", max_points=png_points)
                 report.images[f"{method}_2d"] = png
                 (plots_dir / f"cycle{cycle}_{method}_2d.png").write_bytes(png)
             else:
-                html = scatter_3d_html(coords, labels, data["text"].str.slice(0, 120).to_list(),
-                                       f"cycle {cycle}: {method.upper()} 3-D")
+                html = scatter_3d_html(c, labels, data["text"].str.slice(0, 120).to_list(),
+                                       f"cycle {cycle}: {method.upper()} 3-D{note}", max_points=html_points)
                 path = plots_dir / f"cycle{cycle}_{method}_3d.html"
                 path.write_text(html, "utf-8")
                 report.files[f"{method}_3d_html"] = str(path)
+    if plan["reuse"]:
+        known_since = plan["known"].select("row_id", "since_fit")
+        since = ids.join(known_since, on="row_id", how="left", maintain_order="left")["since_fit"].fill_null(True)
+        fit_cycle, rows_at_fit = plan["fit_cycle"], plan["rows_at_fit"]
+    else:
+        since = pl.Series([False] * n, dtype=pl.Boolean)
+        fit_cycle, rows_at_fit = cycle, n
+    state = pl.DataFrame({"stage": ["projections"] * n, "config": [config] * n,
+                          "fit_cycle": pl.Series([fit_cycle] * n, dtype=pl.Int32),
+                          "rows_at_fit": pl.Series([rows_at_fit] * n, dtype=pl.Int64),
+                          "row_id": data["row_id"], "text_hash": data["text_hash"], "since_fit": since})
     with report.timed("store"), wh.transaction(con):
         wh.replace_table(con, "projections", pl.concat(frames) if frames else None)
-    report.counts.update(cycle=cycle, rows=len(data), projections=len(frames))
+        wh.replace_table(con, "fit_state", state, "stage = 'projections'")
+        if not plan["reuse"]:
+            wh.replace_table(con, "projection_fit", pl.concat(fit_frames) if fit_frames else None)
+    report.counts.update(cycle=cycle, rows=n, projections=len(frames), fit_cycle=fit_cycle, rows_at_fit=rows_at_fit)
+    report.values.update(mode="reused" if plan["reuse"] else "refit", refit_reason="" if plan["reuse"] else plan["reason"],
+                         reuse_reason=plan["reason"] if plan["reuse"] else "", config_hash=config)
+    if "changed_share" in plan:
+        report.values["changed_share"] = round(float(plan["changed_share"]), 4)
     return report
 
 
@@ -380,9 +559,58 @@ METRIC_SCHEMA = {"cycle": pl.Int32, "scope": pl.String, "setting": pl.String, "c
                  "metric": pl.String, "value": pl.Float64, "params_hash": pl.String}
 
 
+def _sweep_settings(measure_params: dict[str, Any], silhouette_sample: int) -> dict[str, Any]:
+    """What a k sweep's figures depend on besides the rows and the ks (see ``measure_clusters``)."""
+    return {"sweep_sample": int(measure_params.get("sweep_sample", 10000)),
+            "silhouette_sample": min(silhouette_sample, 3000),
+            "stability_runs": int(measure_params.get("sweep_stability_runs", 2)), "seed": 0}
+
+
+def _reusable_sweep(con: duckdb.DuckDBPyConnection, data: pl.DataFrame, config: str, ks: list[int],
+                    refit_share: float) -> dict[str, Any]:
+    """The last computed k sweep, when it still describes the rows of ``data`` (row_id, text_hash):
+    same model and sweep settings (``config``), every k of ``ks`` in it, and at most ``refit_share``
+    of the rows it saw new, changed or gone. Returns {"results": [per k] or None, "from_cycle", "reason"}."""
+    state = wh.frame(con, "SELECT config, fit_cycle, rows_at_fit, row_id, text_hash FROM fit_state WHERE stage = 'k_sweep'")
+    if state.is_empty():
+        return {"results": None, "from_cycle": None, "reason": "no earlier k sweep"}
+    if state["config"].n_unique() != 1 or state["config"][0] != config:
+        return {"results": None, "from_cycle": None, "reason": "the sweep settings or the embedding model changed"}
+    from_cycle, rows_at = int(state["fit_cycle"][0]), int(state["rows_at_fit"][0])
+    same = len(data.select("row_id", "text_hash").join(state.select("row_id", "text_hash"), on=["row_id", "text_hash"], how="semi"))
+    changed = (len(data) - same) + (rows_at - same)
+    share = changed / max(rows_at, 1)
+    out: dict[str, Any] = {"results": None, "from_cycle": from_cycle, "changed_share": share}
+    if share > refit_share:
+        return dict(out, reason=f"{changed:,} rows new, changed or gone since the sweep of cycle {from_cycle}: {share:.1%} "
+                                f"of its {rows_at:,} rows, above measure.sweep_refit_share {refit_share:.0%}")
+    stored = wh.frame(con, "SELECT setting, metric, value FROM cluster_metrics WHERE cycle = ? AND scope = 'sweep'", [from_cycle])
+    by_k: dict[int, dict[str, Any]] = {}
+    for setting, metric, value in stored.iter_rows():
+        if setting.startswith("k="):
+            k = int(setting[2:])
+            by_k.setdefault(k, {})[metric] = value
+    missing = [k for k in ks if k not in by_k]
+    if missing:
+        return dict(out, reason=f"the sweep of cycle {from_cycle} did not try k = {', '.join(map(str, missing))}")
+    results = [dict(by_k[k], k=k) for k in ks]
+    return dict(out, results=results,
+                reason=f"{changed:,} rows new, changed or gone since the sweep of cycle {from_cycle}: {share:.1%} of its "
+                       f"{rows_at:,} rows, within measure.sweep_refit_share {refit_share:.0%}")
+
+
 def measure_clusters(con: duckdb.DuckDBPyConnection, measure_params: dict[str, Any], model_id: str,
                      log: Log = _no_log) -> StageReport:
-    """Global and per-cluster metrics for the latest cycle (and a k sweep when configured)."""
+    """Global and per-cluster metrics for the latest cycle (and a k sweep when configured).
+
+    The metrics of the current labels are always computed (one stratified silhouette sample serves
+    the global and the per-cluster figures). The k sweep does not depend on the labels, only on the
+    kept rows and the sweep settings, and it is the expensive part: the last computed sweep is reused
+    while the model and settings are the same, it covers the ks wanted, and at most
+    ``measure.sweep_refit_share`` (default 0.2) of the rows it saw are new, changed or gone. Reused
+    sweep rows are written again under this cycle with ``sweep_from_cycle`` = the cycle that
+    computed them (the same metric holds this cycle's number when computed now).
+    """
     from purify_assets.core import metrics as m
     from purify_assets.core.plots import scatter_png
     from purify_assets.core.projection import project
@@ -390,52 +618,80 @@ def measure_clusters(con: duckdb.DuckDBPyConnection, measure_params: dict[str, A
     report = StageReport()
     cycle = latest_cycle_or_fail(con)
     params_hash = wh.scalar(con, "SELECT params_hash FROM cycles WHERE cycle = ?", [cycle])
-    data = _labelled(con, cycle, model_id)
-    vectors = _vectors(data)
+    with report.timed("load"):
+        data = _labelled(con, cycle, model_id)
+        vectors = _vectors(data)
     labels = data["cluster"].to_numpy()
     sample = int(measure_params.get("silhouette_sample", 5000))
+    with report.timed("silhouette"):
+        sampled = m.sample_silhouettes(vectors, labels, sample_size=sample, seed=0)
     with report.timed("global"):
-        glob = m.global_metrics(vectors, labels, sample_size=sample, seed=0)
+        glob = m.global_metrics(vectors, labels, sample_size=sample, seed=0, silhouettes=sampled)
     with report.timed("per_cluster"):
-        per = m.per_cluster_metrics(vectors, labels, sample_size=sample, seed=0)
+        per = m.per_cluster_metrics(vectors, labels, sample_size=sample, seed=0, silhouettes=sampled)
     rows = _long_metrics(cycle, "global", "current", None, glob, params_hash)
     for item in per:
         rows += _long_metrics(cycle, "cluster", "current", int(item["cluster"]), item, params_hash)
     sweep = sweep_ks(measure_params.get("k_sweep", "auto"), int(glob.get("n_clusters") or 0), len(data))
+    sweep_state = None
     if sweep:
         from purify_assets.core.clustering import best_k, k_sweep
         from purify_assets.core.plots import line_chart_png
 
-        log(f"k sweep over {sweep} on at most {int(measure_params.get('sweep_sample', 10000)):,} rows")
-        with report.timed("k_sweep"):
-            # a sweep only has to rank ks: sampled rows, two stability runs (one K-means restart picked
-            # k = 7 on 8 clean blobs, so restarts stay at the clustering default)
-            results = k_sweep(vectors, sweep, seed=0, sample_size=int(measure_params.get("sweep_sample", 10000)),
-                              silhouette_sample=min(sample, 3000),
-                              n_runs=int(measure_params.get("sweep_stability_runs", 2)))
+        settings = _sweep_settings(measure_params, sample)
+        config = _fit_config("k_sweep", settings, model_id)
+        with report.timed("k_sweep_check"):
+            found = _reusable_sweep(con, data, config, sweep, float(measure_params.get("sweep_refit_share", 0.2)))
+        if found["results"] is not None:
+            results, from_cycle = found["results"], int(found["from_cycle"])
+            log(f"k sweep over {sweep}: reusing the sweep of cycle {from_cycle} ({found['reason']})")
+        else:
+            log(f"k sweep over {sweep} on at most {settings['sweep_sample']:,} rows ({found['reason']})")
+            with report.timed("k_sweep"):
+                # a sweep only has to rank ks: sampled rows, two stability runs (one K-means restart picked
+                # k = 7 on 8 clean blobs, so restarts stay at the clustering default)
+                threads = measure_params.get("sweep_threads", 1)  # speed only: one thread does not spin on busy cores
+                results = k_sweep(vectors, sweep, seed=settings["seed"], sample_size=settings["sweep_sample"],
+                                  silhouette_sample=settings["silhouette_sample"], n_runs=settings["stability_runs"],
+                                  threads=int(threads) if threads else None)
+            from_cycle = cycle
+            n = len(data)
+            sweep_state = pl.DataFrame({
+                "stage": ["k_sweep"] * n, "config": [config] * n, "fit_cycle": pl.Series([cycle] * n, dtype=pl.Int32),
+                "rows_at_fit": pl.Series([n] * n, dtype=pl.Int64), "row_id": data["row_id"], "text_hash": data["text_hash"],
+                "since_fit": pl.Series([False] * n, dtype=pl.Boolean)})
         for item in results:
+            item["sweep_from_cycle"] = from_cycle
             rows += _long_metrics(cycle, "sweep", f"k={item['k']}", None, item, params_hash)
+        report.values.update(k_sweep_mode="computed" if sweep_state is not None else "reused",
+                             k_sweep_reason=found["reason"], sweep_from_cycle=from_cycle)
+        if found.get("changed_share") is not None:
+            report.values["k_sweep_changed_share"] = round(float(found["changed_share"]), 4)
         best = best_k(results)
+        extra: dict[str, Any] = {"sweep_from_cycle": from_cycle}
         if best is not None:
             by_k = {int(r["k"]): r for r in results}
-            extra = {"sweep_best_k": best, "sweep_best_silhouette": by_k[best]["silhouette"]}
+            extra.update(sweep_best_k=best, sweep_best_silhouette=by_k[best]["silhouette"])
             current = by_k.get(int(glob.get("n_clusters") or 0))
             if current is not None:
                 extra["sweep_current_silhouette"] = current["silhouette"]
                 # agreement (ARI) between K-means runs at the current k on different seeds / subsamples
                 extra["stability"] = current.get("stability", float("nan"))
-            glob.update(extra)
-            rows += _long_metrics(cycle, "global", "current", None, extra, params_hash)
+        glob.update(extra)
+        rows += _long_metrics(cycle, "global", "current", None, extra, params_hash)
         table = pl.DataFrame([{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
                                if k in ("k", "silhouette", "davies_bouldin", "calinski_harabasz", "stability")} for r in results])
         report.markdown["k_sweep"] = wh.markdown_table(table, max_rows=40)
         ks = [int(r["k"]) for r in results]
+        origin = "" if from_cycle == cycle else f" (computed in cycle {from_cycle})"
         report.images["k_sweep"] = line_chart_png(ks, {"silhouette": [r["silhouette"] for r in results],
                                                        "stability (ARI)": [r.get("stability", float("nan")) for r in results]},
-                                                  f"cycle {cycle}: K-means k sweep")
+                                                  f"cycle {cycle}: K-means k sweep{origin}")
     frame = pl.DataFrame(rows, schema=METRIC_SCHEMA, orient="row")
     with report.timed("store"), wh.transaction(con):
         wh.replace_table(con, "cluster_metrics", frame, "cycle = ?", [cycle])
+        if sweep_state is not None:
+            wh.replace_table(con, "fit_state", sweep_state, "stage = 'k_sweep'")
         wh.run(con, "UPDATE cycles SET silhouette = ?, davies_bouldin = ?, calinski_harabasz = ?, state = 'measured' "
                     "WHERE cycle = ?", [_f(glob.get("silhouette")), _f(glob.get("davies_bouldin")),
                                         _f(glob.get("calinski_harabasz")), cycle])
@@ -445,8 +701,10 @@ def measure_clusters(con: duckdb.DuckDBPyConnection, measure_params: dict[str, A
     report.markdown["per_cluster"] = wh.markdown_table(per_frame, max_rows=60)
     report.markdown["cycles"] = wh.markdown_table(cycle_history(con))
     if len(data) >= 3:
-        coords = project(vectors, "pca", 2, seed=0)
-        report.images["pca_2d"] = scatter_png(coords, labels, f"cycle {cycle}: clusters on PCA 2-D")
+        with report.timed("plot"):
+            # a picture, not a measurement: PCA fitted on a few thousand rows, at most 20,000 points drawn
+            coords = project(vectors, "pca", 2, seed=0, fit_sample=3000)
+            report.images["pca_2d"] = scatter_png(coords, labels, f"cycle {cycle}: clusters on PCA 2-D", max_points=20000)
     sil = glob.get("silhouette")
     min_sil = float(measure_params.get("min_silhouette", 0.02))
     report.checks["silhouette_above_minimum"] = (sil is not None and sil == sil and sil >= min_sil,

@@ -288,3 +288,31 @@ def test_stability_is_high_for_blobs_and_low_for_uniform_noise(clean):
     assert high > low + 0.3
     with pytest.raises(ValueError):
         stability(x, {"k": 5}, n_runs=1)
+
+
+def test_k_sweep_runs_under_the_thread_cap_and_lifts_it_afterwards(clean, monkeypatch):
+    """The sweep's fits run with ``threads`` BLAS/OpenMP threads (1 by default), with the same
+    figures as under the libraries' defaults; the cap is gone once the sweep returns."""
+    from threadpoolctl import threadpool_info
+
+    import purify_assets.core.clustering as cl
+
+    x, _ = clean
+    seen = []
+    real_fit = cl.fit_clusters
+
+    def spy(*args, **kwargs):
+        seen.append({p["num_threads"] for p in threadpool_info()})
+        return real_fit(*args, **kwargs)
+
+    before = [p["num_threads"] for p in threadpool_info()]
+    monkeypatch.setattr(cl, "fit_clusters", spy)
+    capped = k_sweep(x, [4, 5, 6], seed=0, n_runs=2, stability_sample=300)
+    assert seen and all(s == {1} for s in seen)
+    assert [p["num_threads"] for p in threadpool_info()] == before
+    seen.clear()
+    free = k_sweep(x, [4, 5, 6], seed=0, n_runs=2, stability_sample=300, threads=None)
+    assert seen and all(s == set(before) for s in seen)
+    for a, b in zip(capped, free):
+        for key in ("silhouette", "davies_bouldin", "calinski_harabasz", "stability"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6)

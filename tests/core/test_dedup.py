@@ -374,3 +374,169 @@ def test_semantic_refuses_a_threshold_that_links_everything():
     with pytest.raises(d.TooManyPairsError, match="threshold is too low"):
         d.semantic_pairs(x, 0.5, max_pairs=100)
     assert len(d.semantic_pairs(x, 0.5)[0]) == 50 * 49 // 2
+
+
+# ------------------------------------------------------------------ hybrid: candidates from MinHash LSH
+
+def _hybrid_fixture(seed: int = 0, n_base: int = 250, dim: int = 24):
+    """Texts with planted edits (0-3 replaced words of 40) and vectors with planted noise, so that
+    pairs fall on every side of both score bounds; plus copies of one text with different vectors
+    and a few empty texts (identical signatures)."""
+    rng = np.random.default_rng(seed)
+    texts = _random_texts(rng, n_base, words=40)
+    vecs = [rng.normal(size=dim) for _ in range(n_base)]
+    for s in range(110):
+        words = texts[s].split()
+        for _ in range(int(rng.integers(1, 4))):
+            v = list(words)
+            for _ in range(int(rng.integers(0, 4))):
+                v[int(rng.integers(len(v)))] = f"x{int(rng.integers(10**6))}"
+            texts.append(" ".join(v))
+            vecs.append(vecs[s] + rng.uniform(0.05, 1.3) * rng.normal(size=dim))
+    for _ in range(4):
+        texts.append(texts[0])
+        vecs.append(vecs[0] + rng.uniform(0.05, 1.3) * rng.normal(size=dim))
+    for _ in range(3):
+        texts.append("")
+        vecs.append(vecs[1] + 0.2 * rng.normal(size=dim))
+    x = np.asarray(vecs, dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    order = rng.permutation(len(texts))
+    return [texts[i] for i in order], x[order]
+
+
+def _all_pair_scores(x: np.ndarray, sig: np.ndarray):
+    """Brute force over every pair: (i, j, cosine, estimated Jaccard) with i < j."""
+    i, j = np.triu_indices(len(x), k=1)
+    cos = np.einsum("ij,ij->i", x[i], x[j])
+    jac = (sig[i] == sig[j]).mean(axis=1)
+    return i, j, cos, jac
+
+
+def test_hybrid_bounds_and_recall_bands():
+    assert d.hybrid_bounds(0.85, 0.5) == pytest.approx((0.7, 0.7))
+    cos_min, jac_min = d.hybrid_bounds(0.5, 0.6)
+    assert cos_min == pytest.approx(0.1 / 0.6) and jac_min < 0  # paraKQC setting: no Jaccard bound
+    assert d.hybrid_bounds(0.9, 1.0)[1] == -np.inf and d.hybrid_bounds(0.9, 0.0)[0] == -np.inf
+    bands, rows = d.recall_lsh_params(0.7, 128)
+    assert (bands, rows) == (32, 4)
+    assert (1 - 0.7 ** rows) ** bands <= 1e-3 < (1 - 0.7 ** (rows + 1)) ** (128 // (rows + 1))
+    assert d.recall_lsh_params(0.9, 128)[1] > rows  # a higher bound allows longer bands
+    # pigeonhole: differing in fewer slots than there are bands -> always a candidate; one
+    # differing slot in every band (estimated Jaccard 0.75) is the arrangement LSH cannot see
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2**32, size=128, dtype=np.uint64)
+    spread = base.copy()
+    spread[np.arange(bands - 1) * rows] += np.uint64(1)
+    every_band = base.copy()
+    every_band[np.arange(bands) * rows] += np.uint64(1)
+    i, j, jac = d.lsh_candidate_pairs(np.stack([base, spread]), 0.7)
+    assert (i.tolist(), j.tolist()) == ([0], [1]) and jac[0] == pytest.approx(1 - (bands - 1) / 128)
+    assert len(d.lsh_candidate_pairs(np.stack([base, every_band]), 0.7)[0]) == 0
+
+
+def test_lsh_candidates_return_every_pair_above_the_bound():
+    texts, _ = _hybrid_fixture()
+    sig = d.minhash_signatures(texts)
+    ai, aj, _, ajac = _all_pair_scores(np.zeros((len(texts), 1), np.float32), sig)
+    for bound in (0.6, 0.7, 0.8):
+        truth = {(a, b): s for a, b, s in zip(ai.tolist(), aj.tolist(), ajac.tolist()) if s >= bound}
+        i, j, jac = d.lsh_candidate_pairs(sig, bound)
+        got = dict(zip(zip(i.tolist(), j.tolist()), jac.tolist()))
+        assert got.keys() == truth.keys(), bound
+        assert all(got[k] == pytest.approx(truth[k]) for k in truth)
+    assert len(truth) > 50
+    # the empty texts and the copies of one text pair with each other (identical signatures)
+    empty = [k for k, t in enumerate(texts) if t == ""]
+    assert {(a, b) for a in empty for b in empty if a < b} <= got.keys()
+    # small chunks, and a degenerate key function (every row and band one key), change nothing
+    i2, j2, _ = d.lsh_candidate_pairs(sig, 0.8, chunk=7)
+    assert set(zip(i2.tolist(), j2.tolist())) == got.keys()
+
+
+def test_lsh_candidates_survive_key_collisions(monkeypatch):
+    texts, _ = _hybrid_fixture(seed=4, n_base=120)
+    sig = d.minhash_signatures(texts)
+    i, j, _ = d.lsh_candidate_pairs(sig, 0.7)
+    monkeypatch.setattr(d, "_row_keys", lambda block: np.zeros(block.shape[0], dtype=np.uint64))
+    ci, cj, _ = d.lsh_candidate_pairs(sig, 0.7, max_bucket=None)
+    assert set(zip(ci.tolist(), cj.tolist())) == set(zip(i.tolist(), j.tolist())) and len(i) > 20
+    capped, _, _ = d.lsh_candidate_pairs(sig, 0.7, max_bucket=3)  # one huge bucket, windowed: fewer pairs
+    assert 0 < len(capped) < len(ci)
+
+
+@pytest.mark.parametrize("threshold,weight", [(0.85, 0.5), (0.8, 0.5), (0.9, 0.7)])
+def test_hybrid_lsh_path_equals_exact_union_path(threshold, weight):
+    texts, x = _hybrid_fixture(seed=1)
+    sig = d.minhash_signatures(texts)
+    ids = _ids(len(texts))
+    lengths = [len(t) for t in texts]
+    cos_min, jac_min = d.hybrid_bounds(threshold, weight)
+    kw = dict(threshold=threshold, weight_cosine=weight, candidate_cosine=cos_min, candidate_jaccard=jac_min)
+    # brute force: every pair whose fused score reaches the threshold
+    ai, aj, acos, ajac = _all_pair_scores(x, sig)
+    fused = weight * acos + (1 - weight) * ajac
+    truth = set(zip(ai[fused >= threshold].tolist(), aj[fused >= threshold].tolist()))
+    assert len(truth) > 30
+    li, lj, lscore = d.hybrid_pairs(x, sig, candidates="lsh", **kw)
+    assert set(zip(li.tolist(), lj.tolist())) == truth
+    assert (lscore >= threshold).all()
+    ui, uj, _ = d.hybrid_pairs(x, sig, candidates="union", method="exact", **kw)
+    assert set(zip(ui.tolist(), uj.tolist())) == truth
+    # and the same sets, representatives, similarities and reasons
+    for grouping in ("star", "components"):
+        lsh = d.hybrid_duplicates(ids, x, sig, response_lengths=lengths, grouping=grouping, candidates="lsh", **kw)
+        union = d.hybrid_duplicates(ids, x, sig, response_lengths=lengths, grouping=grouping, candidates="union",
+                                    method="exact", **kw)
+        assert lsh.height > 0 and lsh.equals(union)
+
+
+def test_hybrid_lsh_path_keeps_the_candidate_cutoffs():
+    # cut-offs stricter than the bounds: a pair must also have cosine >= 0.95 or Jaccard >= 0.9
+    texts, x = _hybrid_fixture(seed=2)
+    sig = d.minhash_signatures(texts)
+    ai, aj, acos, ajac = _all_pair_scores(x, sig)
+    ok = (0.5 * acos + 0.5 * ajac >= 0.8) & ((acos >= 0.95) | (ajac >= 0.9))
+    truth = set(zip(ai[ok].tolist(), aj[ok].tolist()))
+    loose = (0.5 * acos + 0.5 * ajac >= 0.8).sum()
+    assert 0 < len(truth) < loose
+    i, j, _ = d.hybrid_pairs(x, sig, 0.8, 0.5, candidate_cosine=0.95, candidate_jaccard=0.9, candidates="lsh")
+    assert set(zip(i.tolist(), j.tolist())) == truth
+
+
+def test_hybrid_lsh_incremental_equals_full_run():
+    texts, x = _hybrid_fixture(seed=3)
+    sig = d.minhash_signatures(texts)
+    ids = _ids(len(texts))
+    kw = dict(threshold=0.85, weight_cosine=0.5, candidate_cosine=0.7, candidate_jaccard=0.7, candidates="lsh",
+              grouping="components")
+    full = d.hybrid_duplicates(ids, x, sig, **kw)
+    cut = int(len(ids) * 0.7)
+    old = d.hybrid_duplicates(ids[:cut], x[:cut], sig[:cut], **kw)
+    new_mask = np.arange(len(ids)) >= cut
+    inc = d.hybrid_duplicates(ids, x, sig, new_mask=new_mask, previous_sets=old, **kw)
+    assert full.height > 0 and inc.sort(["set_id", "row_id"]).equals(full.sort(["set_id", "row_id"]))
+    # the pairs searched incrementally are exactly the full run's pairs that touch a new row
+    fi, fj, _ = d.hybrid_pairs(x, sig, 0.85, 0.5, candidate_cosine=0.7, candidate_jaccard=0.7)
+    ni, nj, _ = d.hybrid_pairs(x, sig, 0.85, 0.5, new_mask, candidate_cosine=0.7, candidate_jaccard=0.7)
+    touching = {(a, b) for a, b in zip(fi.tolist(), fj.tolist()) if new_mask[a] or new_mask[b]}
+    assert set(zip(ni.tolist(), nj.tolist())) == touching and touching
+    assert d.hybrid_pairs(x, sig, 0.85, 0.5, np.zeros(len(ids), bool))[0].size == 0
+
+
+def test_hybrid_auto_picks_the_search_by_the_jaccard_bound(monkeypatch):
+    texts, x = _hybrid_fixture(seed=5, n_base=80)
+    sig = d.minhash_signatures(texts)
+    calls = []
+    real = d.semantic_pairs
+    monkeypatch.setattr(d, "semantic_pairs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    d.hybrid_pairs(x, sig, 0.85, 0.5, candidate_cosine=0.7, candidate_jaccard=0.7)  # bound 0.7 -> lsh
+    assert calls == []
+    d.hybrid_pairs(x, sig, 0.5, 0.6)  # paraKQC setting, no Jaccard bound -> cosine range search
+    assert calls == [1]
+    with pytest.raises(ValueError, match="Jaccard bound"):
+        d.hybrid_pairs(x, sig, 0.5, 0.6, candidates="lsh")
+    with pytest.raises(ValueError, match="candidates"):
+        d.hybrid_pairs(x, sig, 0.85, 0.5, candidates="ann")
+    with pytest.raises(ValueError, match="normalized"):
+        d.hybrid_pairs(x * 2, sig, 0.85, 0.5)

@@ -8,7 +8,8 @@ import pytest
 from sklearn.datasets import make_blobs
 from sklearn.metrics import silhouette_score
 
-from purify_assets.core.metrics import cluster_cards, global_metrics, per_cluster_metrics
+from purify_assets.core.metrics import (cluster_cards, global_metrics, per_cluster_metrics, sample_silhouettes,
+                                        silhouette_values)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -209,3 +210,77 @@ def test_cluster_cards_boundary_and_noise(planted):
     assert "x" * 9 + "\u2026" in texts
     with pytest.raises(ValueError, match="row_ids"):
         cluster_cards(x, y, np.arange(n - 1), ["t"] * n)
+
+
+# ------------------------------------------------------------------ one silhouette pass for both
+
+
+def test_shared_silhouettes_give_the_same_per_cluster_figures(planted):
+    x, y = planted["x"], planted["y"]
+    shared = sample_silhouettes(x, y, sample_size=150, seed=2)
+    assert 150 <= len(shared[0]) <= 150 + 5 * 30 and len(shared[0]) == len(shared[1])
+    assert per_cluster_metrics(x, y, sample_size=150, seed=2, silhouettes=shared) == \
+        per_cluster_metrics(x, y, sample_size=150, seed=2)
+
+
+def test_shared_silhouettes_weight_clusters_by_their_share():
+    """Uneven clusters: the stratified sample over-draws the small ones (30 rows at least), and the
+    global estimate weights each cluster by its size, so it lands on the silhouette of all rows."""
+    x, y = make_blobs(n_samples=[1500, 600, 60, 40], n_features=16, cluster_std=[1.0, 1.0, 4.0, 4.0], random_state=1)
+    x = unit(x)
+    truth = silhouette_score(x, y)
+    idx, values = sample_silhouettes(x, y, sample_size=300, seed=0)
+    assert len(idx) < len(y) and (y[idx] == 3).sum() == 30  # 40-row cluster: 30 rows drawn, not 300 * 40 / 2200
+    out = global_metrics(x, y, sample_size=300, seed=0, silhouettes=(idx, values))
+    assert out["silhouette_sample_size"] == len(idx)
+    assert abs(out["silhouette"] - truth) < 0.03
+    assert out["silhouette_ci_low"] <= truth <= out["silhouette_ci_high"]
+    unweighted = float(values.mean())
+    assert abs(out["silhouette"] - truth) < abs(unweighted - truth)
+    # noise is left out; fewer than two clusters leaves nothing to share
+    assert len(sample_silhouettes(x, np.zeros(len(y), dtype=int))[0]) == 0
+    noisy = y.copy()
+    noisy[:100] = -1
+    idx, _ = sample_silhouettes(x, noisy, sample_size=300)
+    assert (noisy[idx] >= 0).all()
+
+
+def test_separation_scores_match_scikit_learn(planted, blobs):
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
+
+    for x, y in ((planted["x"], planted["y"]), blobs):
+        g = global_metrics(x, y)
+        assert g["davies_bouldin"] == pytest.approx(davies_bouldin_score(x, y), rel=1e-4)
+        assert g["calinski_harabasz"] == pytest.approx(calinski_harabasz_score(x, y), rel=1e-4)
+        assert g["score_sample_size"] == len(y)
+    # noise rows are left out; a sample of the rows scores only the sample
+    x, y = blobs
+    noisy = y.copy()
+    noisy[::7] = -1
+    keep = noisy >= 0
+    g = global_metrics(x, noisy)
+    assert g["davies_bouldin"] == pytest.approx(davies_bouldin_score(x[keep], noisy[keep]), rel=1e-4)
+    assert g["calinski_harabasz"] == pytest.approx(calinski_harabasz_score(x[keep], noisy[keep]), rel=1e-4)
+    part = global_metrics(x, y, score_sample=200, seed=3)
+    rows = part_rows = np.sort(np.random.default_rng(4).choice(len(y), size=200, replace=False))
+    assert part["score_sample_size"] == 200
+    assert part["calinski_harabasz"] == pytest.approx(calinski_harabasz_score(x[rows], y[part_rows]), rel=1e-4)
+
+
+def test_silhouette_values_match_scikit_learn(blobs):
+    from sklearn.metrics import silhouette_samples
+
+    x, y = blobs
+    np.testing.assert_allclose(silhouette_values(x, y, chunk=128), silhouette_samples(x, y), atol=1e-5)
+    # random labels, a cluster of one row (its silhouette is 0) and duplicate rows
+    rng = np.random.default_rng(1)
+    lab = rng.integers(0, 4, len(y))
+    lab[7] = 4
+    xd = x.copy()
+    xd[1] = xd[0]
+    got = silhouette_values(xd, lab)
+    np.testing.assert_allclose(got, silhouette_samples(xd, lab), atol=1e-5)
+    assert got[7] == 0.0
+    # label ids with gaps: an id no row carries is nobody's neighbour
+    gappy = np.where(y == 1, 3, y)
+    np.testing.assert_allclose(silhouette_values(x, gappy), silhouette_samples(x, gappy), atol=1e-5)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
 
-from purify_assets.core.projection import METHODS, knn_place, project
+from purify_assets.core.projection import METHODS, fit_indices, knn_neighbours, knn_place, place, project
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -164,3 +164,52 @@ def test_knn_place_lands_on_the_weighted_neighbours():
     np.testing.assert_allclose(out1[0], [5.0, 5.0])
     # knn larger than the fitted rows is clipped
     assert knn_place(x_fit, y_fit, np.ones((4, 2), np.float32), knn=50).shape == (4, 2)
+
+
+# ----------------------------------------------------------------- adding rows to an existing map
+
+
+def test_fit_indices_are_the_rows_project_fits_on(data):
+    x, _ = data
+    np.testing.assert_array_equal(fit_indices(len(x), "umap", fit_sample=120, seed=0), fit_rows(len(x), 120, 0))
+    # t-SNE is capped further by tsne_max_fit; below the cap every row is fitted
+    np.testing.assert_array_equal(fit_indices(len(x), "tsne", fit_sample=150, tsne_max_fit=80, seed=3), fit_rows(len(x), 80, 3))
+    np.testing.assert_array_equal(fit_indices(50, "pca", fit_sample=120), np.arange(50))
+
+
+def test_place_reproduces_project_for_rows_outside_the_fit(data, tsne2):
+    """Placing the rows a projection left out of its fit gives the coordinates ``project`` gave
+    them: exactly for t-SNE / UMAP (the same k-NN placement), to float precision for PCA (the same
+    components refitted on the same rows)."""
+    x, _ = data
+    fit = fit_indices(len(x), "tsne", fit_sample=80)
+    rest = np.setdiff1d(np.arange(len(x)), fit)
+    np.testing.assert_array_equal(place(x[fit], tsne2[fit], x[rest], "tsne", 2), tsne2[rest])
+    # one neighbour search serves every map fitted on the same rows
+    shared = knn_neighbours(x[fit], x[rest])
+    assert shared[0].shape == shared[1].shape == (len(rest), 10)
+    np.testing.assert_allclose(shared[1].sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(place(x[fit], tsne2[fit], x[rest], "tsne", 2, neighbours=shared), tsne2[rest], atol=1e-6)
+    for d in (2, 3):
+        pca = project(x, "pca", d, seed=4, fit_sample=60)
+        fit = fit_indices(len(x), "pca", fit_sample=60, seed=4)
+        rest = np.setdiff1d(np.arange(len(x)), fit)
+        out = place(x[fit], pca[fit], x[rest], "pca", d, seed=4)
+        assert out.shape == (len(rest), d) and out.dtype == np.float32
+        np.testing.assert_allclose(out, pca[rest], atol=1e-5)
+
+
+def test_place_on_a_tiny_fit_uses_its_pca_and_checks_shapes(data):
+    x, _ = data
+    y = project(x[:4], "umap", 2)  # 4 rows: project fell back to PCA
+    from sklearn.decomposition import PCA
+
+    expected = PCA(n_components=2, random_state=0).fit(x[:4]).transform(x[4:10])
+    np.testing.assert_allclose(place(x[:4], y, x[4:10], "umap", 2), expected, atol=1e-5)
+    assert place(x[:4], y, np.zeros((0, x.shape[1]), np.float32), "umap", 2).shape == (0, 2)
+    with pytest.raises(ValueError, match="y_fit"):
+        place(x[:4], y[:, :1], x[4:6], "tsne", 2)
+    with pytest.raises(ValueError, match="dimension"):
+        place(x[:4], y, x[4:6, :5], "tsne", 2)
+    with pytest.raises(ValueError, match="unknown"):
+        place(x[:4], y, x[4:6], "mds", 2)

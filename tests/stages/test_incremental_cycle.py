@@ -1,0 +1,222 @@
+"""An incremental cycle: a few new rows after a full cycle keep the projection fit and the k sweep
+of the earlier cycle; changed settings, too many changed rows or changed fitted rows force a refit.
+
+Same stand-in embedder and row generator as tests/stages/test_stages.py. Projections use PCA and
+t-SNE (no UMAP: its first fit in a process compiles for tens of seconds).
+"""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from purify_assets.core import warehouse as wh
+from purify_assets.core.params import DEFAULT_PARAMS, ParamsStore, deep_merge
+from purify_assets.stages.cycle import cluster_rows, dedup_rows, measure_clusters, project_rows, review_clusters
+from tests.stages.test_stages import TrigramEmbedder, load, make_rows
+
+PROJECT = {"methods": ["pca", "tsne"], "seed": 0, "fit_sample": 40}  # t-SNE fitted on 40 rows, the rest placed
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # t-SNE's threads spin on a busy 2-core machine (see tests/core/test_projection.py)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
+def fresh_rows(tag, n):
+    """``n`` rows whose instructions share nothing with make_rows' templates (no dedup removals)."""
+    words = ["amber", "basil", "cedar", "delta", "ember", "fjord", "grove", "harbor", "iris", "juniper",
+             "kelp", "lotus", "maple", "nectar", "onyx", "pebble", "quartz", "raven", "saffron", "tundra",
+             "umber", "velvet", "willow", "xenon", "yarrow", "zephyr", "acorn", "bramble", "canyon", "dune"]
+    return [{"instruction": f"List {i + 3} facts about {words[i % len(words)]} ({tag} set, item {i}).",
+             "input": f"{tag} context {i}: {words[(i * 7) % len(words)]} and {words[(i * 11) % len(words)]}.",
+             "output": f"Facts for {tag} {i}."} for i in range(n)]
+
+
+class Cycle:
+    """One warehouse, and a helper that runs dedup -> cluster -> project -> measure on it."""
+
+    def __init__(self, home, con, project=PROJECT, measure=None):
+        self.home, self.con, self.emb = home, con, TrigramEmbedder()
+        self.store = ParamsStore(home / "p.sqlite")
+        params = deep_merge(DEFAULT_PARAMS, {"cluster": {"k": 3}, "project": dict(project),
+                                             "measure": dict(measure or {"k_sweep": [2, 3, 4, 5]})})
+        self.pv = self.store.write(params, source="user", reason="test")
+        self.batches = 0
+
+    def land(self, rows):
+        self.batches += 1
+        load(self.con, self.home, f"b{self.batches}.jsonl", rows, self.emb, self.pv.params)
+
+    def run(self, project=None, measure=None, with_measure=True):
+        dedup_rows(self.con, self.pv.params["dedup"], self.emb.model_id)
+        cluster_rows(self.con, self.pv, self.emb.model_id)
+        proj = project_rows(self.con, project or self.pv.params["project"], self.emb.model_id, self.home / "plots")
+        meas = measure_clusters(self.con, measure or self.pv.params["measure"], self.emb.model_id) if with_measure else None
+        return proj, meas
+
+    def coords(self, cycle):
+        return wh.frame(self.con, "SELECT row_id, method, dims, x, y, z, cluster FROM projections WHERE cycle = ? "
+                                  "ORDER BY method, dims, row_id", [cycle])
+
+    def vectors(self, row_ids):
+        frame = wh.frame(self.con, "SELECT row_id, vector FROM embeddings WHERE model_id = ?", [self.emb.model_id])
+        by_id = dict(zip(frame["row_id"].to_list(), frame["vector"].to_list()))
+        return np.array([by_id[r] for r in row_ids], dtype=np.float32)
+
+
+@pytest.fixture()
+def home(tmp_path):
+    (tmp_path / "archive").mkdir()
+    return tmp_path
+
+
+def test_a_few_new_rows_keep_the_projection_and_are_placed_onto_it(home):
+    with wh.connect(home / "w.duckdb") as con:
+        cy = Cycle(home, con)
+        cy.land(make_rows())  # 60 rows
+        first, _ = cy.run(with_measure=False)
+        assert first.values["mode"] == "refit" and first.values["refit_reason"] == "no earlier projection fit"
+        assert first.counts["rows_refit"] == 60
+        before = cy.coords(1)
+        cy.land(fresh_rows("new", 6))  # 10 % new rows
+        second, _ = cy.run(with_measure=False)
+        assert second.values["mode"] == "reused", second.values
+        assert second.counts["rows_reused"] == 60 and second.counts["rows_placed"] == 6
+        assert second.counts["rows_refit"] == 0 and second.counts["fit_cycle"] == 1
+        assert second.values["changed_share"] == pytest.approx(0.1)
+        after = cy.coords(2)
+        assert len(after) == 66 * 4  # 2 methods x (2-D, 3-D)
+        old = after.join(before.select("row_id", "method", "dims"), on=["row_id", "method", "dims"], how="semi")
+        # the 60 earlier rows keep exactly the coordinates of cycle 1, with the labels of cycle 2
+        assert old.select("row_id", "method", "dims", "x", "y", "z").equals(before.select("row_id", "method", "dims", "x", "y", "z"))
+        labels2 = wh.frame(con, "SELECT row_id, cluster FROM cluster_labels WHERE cycle = 2")
+        joined = after.join(labels2, on="row_id", suffix="_label")
+        assert (joined["cluster"] == joined["cluster_label"]).all()
+        new = after.join(before.select("row_id").unique(), on="row_id", how="anti")
+        assert new["row_id"].n_unique() == 6 and new["x"].null_count() == 0 and new["y"].null_count() == 0
+        assert new.filter(pl.col("dims") == 3)["z"].null_count() == 0
+        # PCA: the new rows are transformed by the PCA of cycle 1 (fitted on 40 of its 60 rows), the
+        # very map the earlier rows sit on
+        from sklearn.decomposition import PCA
+
+        fit_ids = wh.frame(con, "SELECT row_id FROM projection_fit WHERE method = 'pca' AND dims = 2 ORDER BY row_id")["row_id"]
+        assert len(fit_ids) == 40
+        model = PCA(n_components=2, random_state=0).fit(cy.vectors(fit_ids.to_list()))
+        old_pca = before.filter((pl.col("method") == "pca") & (pl.col("dims") == 2))
+        np.testing.assert_allclose(old_pca.select("x", "y").to_numpy(),
+                                   model.transform(cy.vectors(old_pca["row_id"].to_list())), atol=1e-4)
+        new_pca = new.filter((pl.col("method") == "pca") & (pl.col("dims") == 2)).sort("row_id")
+        np.testing.assert_allclose(new_pca.select("x", "y").to_numpy(),
+                                   model.transform(cy.vectors(new_pca["row_id"].to_list())), atol=1e-4)
+        # t-SNE: new rows are weighted means of fitted rows, so they stay inside the fitted map
+        fit = wh.frame(con, "SELECT x, y FROM projection_fit WHERE method = 'tsne' AND dims = 2")
+        assert len(fit) == 40
+        placed = new.filter((pl.col("method") == "tsne") & (pl.col("dims") == 2))
+        assert placed["x"].min() >= fit["x"].min() - 1e-4 and placed["x"].max() <= fit["x"].max() + 1e-4
+        assert placed["y"].min() >= fit["y"].min() - 1e-4 and placed["y"].max() <= fit["y"].max() + 1e-4
+        assert (home / "plots" / "cycle2_tsne_2d.png").stat().st_size > 0
+        assert (home / "plots" / "cycle2_pca_3d.html").exists()
+        # the same rows again (a re-materialization of the same cycle): nothing to place
+        again = project_rows(con, cy.pv.params["project"], cy.emb.model_id, home / "plots")
+        assert again.values["mode"] == "reused" and again.counts["rows_placed"] == 0
+        assert cy.coords(2).equals(after)
+
+
+def test_a_changed_projection_parameter_forces_a_refit(home):
+    with wh.connect(home / "w.duckdb") as con:
+        cy = Cycle(home, con)
+        cy.land(make_rows())
+        cy.run(with_measure=False)
+        cy.land(fresh_rows("new", 3))
+        report, _ = cy.run(project=dict(PROJECT, seed=1), with_measure=False)
+        assert report.values["mode"] == "refit" and "parameters" in report.values["refit_reason"]
+        assert report.counts["rows_refit"] == 63 and report.counts["rows_placed"] == 0
+        # a parameter that only changes the pictures does not
+        report, _ = cy.run(project=dict(PROJECT, seed=1, plot_points=30), with_measure=False)
+        assert report.values["mode"] == "reused"
+
+
+def test_many_new_rows_force_a_refit_and_small_batches_add_up(home):
+    with wh.connect(home / "w.duckdb") as con:
+        cy = Cycle(home, con, project=dict(PROJECT, refit_share=0.15))
+        cy.land(make_rows())
+        cy.run(with_measure=False)
+        cy.land(fresh_rows("a", 6))  # 10 % of the 60 fitted rows: reused
+        assert cy.run(with_measure=False)[0].values["mode"] == "reused"
+        cy.land(fresh_rows("b", 6))  # 6 + 6 rows placed since the fit = 20 % > 15 %: refit
+        report, _ = cy.run(with_measure=False)
+        assert report.values["mode"] == "refit" and "refit_share" in report.values["refit_reason"]
+        assert report.counts["fit_cycle"] == 3 and report.counts["rows_at_fit"] == 72
+        cy.land(fresh_rows("c", 30))  # 30 new rows on 72 fitted ones: refit at once
+        report, _ = cy.run(with_measure=False)
+        assert report.values["mode"] == "refit" and report.counts["rows_refit"] == 102
+
+
+def test_a_fitted_row_whose_text_changed_forces_a_refit(home):
+    with wh.connect(home / "w.duckdb") as con:
+        cy = Cycle(home, con)
+        cy.land(make_rows())
+        cy.run(with_measure=False)
+        # a fitted row's text (and therefore its vector) changes, as after re-cleaning its batch
+        row_id = wh.scalar(con, "SELECT row_id FROM projection_fit WHERE method = 'tsne' ORDER BY row_id LIMIT 1")
+        with wh.transaction(con):
+            wh.run(con, "UPDATE clean_rows SET text = text || ' (edited)', text_hash = 'edited' WHERE row_id = ?", [row_id])
+            wh.run(con, "UPDATE embeddings SET text_hash = 'edited' WHERE row_id = ?", [row_id])
+        report, _ = cy.run(with_measure=False)
+        assert report.values["mode"] == "refit"
+        assert "changed their text" in report.values["refit_reason"]
+
+
+def test_the_k_sweep_is_reused_while_the_rows_barely_change(home):
+    with wh.connect(home / "w.duckdb") as con:
+        cy = Cycle(home, con)
+        cy.land(make_rows())
+        _, first = cy.run()
+        assert first.values["k_sweep_mode"] == "computed" and first.values["sweep_from_cycle"] == 1
+        assert "k_sweep" in first.timings
+        review_clusters(con, cy.pv, cy.store, cy.emb.model_id, home / "cache")
+        cy.land(fresh_rows("new", 6))
+        _, second = cy.run()
+        assert second.values["k_sweep_mode"] == "reused" and second.values["sweep_from_cycle"] == 1
+        assert "k_sweep" not in second.timings
+        sweep = "SELECT setting, metric, value FROM cluster_metrics WHERE cycle = ? AND scope = 'sweep' ORDER BY ALL"
+        one, two = wh.frame(con, sweep, [1]), wh.frame(con, sweep, [2])
+        assert one.equals(two)  # the same figures, written again under cycle 2 ...
+        origin = two.filter(pl.col("metric") == "sweep_from_cycle")
+        assert len(origin) == 4 and (origin["value"] == 1.0).all()  # ... each marked as computed in cycle 1
+        # the current metrics (what the reviewer reads) still carry the sweep's verdict
+        current = "SELECT metric, value FROM cluster_metrics WHERE cycle = ? AND scope = 'global' AND metric LIKE 'sweep%' ORDER BY metric"
+        assert wh.frame(con, current, [2]).equals(wh.frame(con, current, [1]))
+        # the labels' own metrics are fresh: 66 rows in cycle 2
+        assert wh.scalar(con, "SELECT value FROM cluster_metrics WHERE cycle = 2 AND scope = 'global' AND metric = 'n'") == 66
+        review = review_clusters(con, cy.pv, cy.store, cy.emb.model_id, home / "cache")
+        k_rec = wh.run(con, "SELECT cycle, verdict FROM cluster_reviews WHERE scope = 'global' ORDER BY cycle")
+        assert k_rec[0][1] == k_rec[1][1] == review.values["k_recommendation"]
+
+
+def test_the_k_sweep_is_recomputed_when_settings_ks_or_rows_change(home):
+    with wh.connect(home / "w.duckdb") as con:
+        cy = Cycle(home, con)
+        cy.land(make_rows())
+        cy.run()
+        measure = cy.pv.params["measure"]
+        # more ks than the stored sweep tried
+        _, report = cy.run(measure=dict(measure, k_sweep=[2, 3, 4, 5, 6]))
+        assert report.values["k_sweep_mode"] == "computed" and "did not try k = 6" in report.values["k_sweep_reason"]
+        assert report.values["sweep_from_cycle"] == 2
+        # fewer ks: covered by the stored sweep
+        _, report = cy.run(measure=dict(measure, k_sweep=[3, 4]))
+        assert report.values["k_sweep_mode"] == "reused" and report.values["sweep_from_cycle"] == 2
+        assert wh.scalar(con, "SELECT count(DISTINCT setting) FROM cluster_metrics WHERE cycle = 3 AND scope = 'sweep'") == 2
+        # other sweep settings
+        _, report = cy.run(measure=dict(measure, sweep_stability_runs=3))
+        assert report.values["k_sweep_mode"] == "computed" and "settings" in report.values["k_sweep_reason"]
+        # many new rows
+        cy.land(fresh_rows("many", 20))
+        _, report = cy.run(measure=dict(measure, sweep_stability_runs=3))
+        assert report.values["k_sweep_mode"] == "computed" and "sweep_refit_share" in report.values["k_sweep_reason"]
+        assert report.values["sweep_from_cycle"] == 5
