@@ -9,6 +9,9 @@
    filters removed (tiers 0.9 / 0.8 / 0.7 / 0.6, each against the dedupe-only file).
 3. Speed: rows/s of exact and near dedup on NSMC (712k rows; --quick: 50k) and Alpaca (52k);
    semantic search speed (exact blocked vs IVF vs usearch) on vectors.
+4. Hybrid candidate search: the MinHash-LSH path of ``hybrid_duplicates`` against the exact cosine
+   path at the stage's default setting (paraKQC and an NSMC slice, USE vectors), and its candidate
+   search on all of NSMC against a provably complete one (``--only hybrid``).
 
 Writes bench/results/dedup.{json,md}. Usage:
     python bench/bench_dedup.py            # full run (several minutes on 2 cores)
@@ -399,6 +402,84 @@ def bench_speed(args, res: dict) -> None:
     res["speed"] = out
 
 
+# ----------------------------------------------------------------------------- 4. hybrid candidate search
+
+def _pairset(i: np.ndarray, j: np.ndarray) -> set[tuple[int, int]]:
+    return set(zip(np.minimum(i, j).tolist(), np.maximum(i, j).tolist()))
+
+
+def _compare(truth: set, got: set) -> dict:
+    return {"pairs": len(got), "recall": round(len(truth & got) / len(truth), 6) if truth else 1.0,
+            "missed": len(truth - got), "extra": len(got - truth)}
+
+
+def bench_hybrid(args, res: dict) -> None:
+    """The two candidate searches of ``hybrid_duplicates`` against each other and against exact
+    references: "union" with the exact cosine search (complete whenever the cosine cut-off is the
+    score's own bound) and "lsh" (MinHash LSH at the score's Jaccard bound). At the stage's default
+    (threshold 0.85, weight 0.5: both bounds 0.7) on paraKQC and an NSMC slice with USE vectors;
+    then, vectors aside, the LSH candidate search on all of NSMC against a provably complete
+    search (bands of 3 rows: 42 bands > the 38 slots a pair at Jaccard >= 0.7 may differ in)."""
+    out: dict = {"setting": {"threshold": 0.85, "weight_cosine": 0.5, "candidate_cosine": 0.7, "candidate_jaccard": 0.7,
+                             "signatures": "minhash_signatures(texts) (the stage's: auto shingles, 128 permutations)"},
+                 "sets": []}
+    t, w = 0.85, 0.5
+    cos_min, jac_min = d.hybrid_bounds(t, w)
+    sets = []
+    para = DATA / "parakqc" / "paraKQC_v1.txt"
+    if para.exists():
+        texts = [ln.split("\t")[2].strip() for ln in para.read_text(encoding="utf-8").splitlines()]
+        sets.append(("paraKQC", texts[:2000] if args.quick else texts))
+    nsmc = DATA / "nsmc" / "nsmc_raw_reviews.jsonl"
+    if nsmc.exists():
+        df = pl.read_ndjson(nsmc, schema={"review": pl.String}).head(5_000 if args.quick else 40_000)
+        sets.append(("NSMC (first rows)", [r for r in df["review"].fill_null("").to_list()]))
+    if sets and sets[0][0] == "paraKQC":
+        # the tuned paraphrase setting has no Jaccard bound: "auto" keeps the cosine search, same F1 as before
+        texts = sets[0][1]
+        got = embed(texts, "use", Path(args.cache_dir))
+        if got is not None:
+            sig2 = d.minhash_signatures(texts, ngram=2, shingle="char", keep_spaces=False)
+            (pi, pj, _), p_t, _ = timed(lambda: d.hybrid_pairs(got[0], sig2, 0.5, 0.6), 1)
+            group = np.arange(len(texts)) // 10
+            out["parakqc_tuned"] = {"threshold": 0.5, "weight_cosine": 0.6, "search": "union (auto: no Jaccard bound)",
+                                    "seconds": round(p_t, 2), **pair_scores(pi, pj, group, (len(texts) // 10) * 45)}
+            print(f"  hybrid paraKQC tuned setting: {out['parakqc_tuned']}")
+    for name, texts in sets:
+        got = embed(texts, "use", Path(args.cache_dir))
+        if got is None:
+            out["sets"].append({"data": name, "skipped": "USE not installed"})
+            continue
+        x, _ = got
+        sig = d.minhash_signatures(texts)
+        kw = dict(candidate_cosine=cos_min, candidate_jaccard=jac_min)
+        (ui, uj, _), u_t, _ = timed(lambda: d.hybrid_pairs(x, sig, t, w, candidates="union", method="exact", **kw), 1)
+        (li, lj, _), l_t, _ = timed(lambda: d.hybrid_pairs(x, sig, t, w, candidates="lsh", **kw), args.repeats)
+        truth = _pairset(ui, uj)
+        row = {"data": name, "rows": len(texts), "union_exact_seconds": round(u_t, 2), "lsh_seconds": round(l_t, 2),
+               "union_exact_pairs": len(truth), **{f"lsh_{k}": v for k, v in _compare(truth, _pairset(li, lj)).items()}}
+        if len(texts) > 50_000 or name.startswith("NSMC"):
+            (ai, aj, _), a_t, _ = timed(lambda: d.hybrid_pairs(x, sig, t, w, candidates="union", method="ivf", **kw), 1)
+            row.update({"union_ivf_seconds": round(a_t, 2), **{f"union_ivf_{k}": v for k, v in _compare(truth, _pairset(ai, aj)).items()}})
+        out["sets"].append(row)
+        print(f"  hybrid {name}: {row}")
+    # the candidate search alone on all of NSMC: auto bands vs the provably complete 42 x 3 search
+    if nsmc.exists():
+        reviews = pl.read_ndjson(nsmc, schema={"review": pl.String})["review"].fill_null("").to_list()
+        if args.quick:
+            reviews = reviews[:50_000]
+        sig = d.minhash_signatures(reviews)
+        bands, rows = d.recall_lsh_params(jac_min - 1e-6, sig.shape[1])
+        (ci, cj, _), c_t, _ = timed(lambda: d.lsh_candidate_pairs(sig, jac_min - 1e-6), 1)
+        (pi, pj, _), p_t, _ = timed(lambda: d.lsh_candidate_pairs(sig, jac_min - 1e-6, bands=42, max_bucket=None), 1)
+        truth = _pairset(pi, pj)
+        out["nsmc_candidates"] = {"rows": len(reviews), "jaccard_bound": round(jac_min, 4), "bands": bands, "rows_per_band": rows,
+                                  "seconds": round(c_t, 2), "complete_search_seconds": round(p_t, 2),
+                                  "complete_pairs": len(truth), **_compare(truth, _pairset(ci, cj))}
+        print(f"  LSH candidates on NSMC: {out['nsmc_candidates']}")
+    res["hybrid"] = out
+
+
 # ----------------------------------------------------------------------------- report
 
 def write_md(res: dict, path: Path) -> None:
@@ -471,6 +552,35 @@ def write_md(res: dict, path: Path) -> None:
                   f"(recall {s['ivf_recall_vs_exact']} of the exact pairs), {s['ivf_rows_per_s_all_rows']:,} rows/s on all {s['rows']:,}; "
                   + (f"usearch HNSW {s['usearch_rows_per_s_same_rows']:,} rows/s (recall {s['usearch_recall_vs_exact']})."
                      if "usearch_rows_per_s_same_rows" in s else "usearch not installed.")]
+    hy = res.get("hybrid")
+    if hy:
+        st = hy["setting"]
+        L += ["", f"## Hybrid candidate search (threshold {st['threshold']}, weight {st['weight_cosine']}: cosine and Jaccard bounds "
+              f"{st['candidate_cosine']} / {st['candidate_jaccard']})", "",
+              "Reference: the \"union\" search with the exact cosine range search at the cosine bound, which finds every pair "
+              "whose score reaches the threshold. \"lsh\": MinHash LSH at the Jaccard bound, then both scores. USE vectors, "
+              f"signatures {st['signatures']}.", "",
+              "| data | rows | linked pairs (exact) | union exact s | lsh s | lsh recall | lsh missed | lsh extra | union IVF s | IVF recall |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in hy["sets"]:
+            if "skipped" in r:
+                L.append(f"| {r['data']} | skipped: {r['skipped']} |||||||||")
+                continue
+            L.append(f"| {r['data']} | {r['rows']:,} | {r['union_exact_pairs']:,} | {r['union_exact_seconds']} | {r['lsh_seconds']} | "
+                     f"**{r['lsh_recall']}** | {r['lsh_missed']} | {r['lsh_extra']} | {r.get('union_ivf_seconds', '—')} | "
+                     f"{r.get('union_ivf_recall', '—')} |")
+        q = hy.get("parakqc_tuned")
+        if q:
+            L += ["", f"paraKQC at the tuned paraphrase setting (threshold {q['threshold']}, weight {q['weight_cosine']}, "
+                  f"char 2-gram signatures without spaces): search {q['search']}, pair P {q['precision']} R {q['recall']} "
+                  f"**F1 {q['f1']}** in {q['seconds']} s."]
+        c = hy.get("nsmc_candidates")
+        if c:
+            L += ["", f"LSH candidate search alone on {c['rows']:,} NSMC reviews (pairs with estimated Jaccard >= {c['jaccard_bound']}): "
+                  f"{c['bands']} bands x {c['rows_per_band']} rows found {c['pairs']:,} pairs in {c['seconds']} s; the complete "
+                  f"search (42 bands x 3 rows, no bucket limit: a pair at the bound differs in at most 38 slots, so it shares a band) "
+                  f"found {c['complete_pairs']:,} in {c['complete_search_seconds']} s: recall **{c['recall']}** "
+                  f"({c['missed']} missed, {c['extra']} extra)."]
     path.write_text("\n".join(L) + "\n", encoding="utf-8")
 
 
@@ -478,7 +588,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small slices: seconds to a minute")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
-    ap.add_argument("--only", choices=["parakqc", "gpteacher", "speed"], action="append")
+    ap.add_argument("--only", choices=["parakqc", "gpteacher", "speed", "hybrid"], action="append")
     ap.add_argument("--cache-dir", default=os.environ.get("PURIFY_BENCH_CACHE", "/tmp/purify-bench-cache"))
     ap.add_argument("--out", default=str(RESULTS / "dedup"), help="output path without extension")
     args = ap.parse_args()
@@ -486,16 +596,18 @@ def main() -> None:
         args.repeats = min(args.repeats, 2)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     t0 = time.perf_counter()
-    res: dict = {"command": "python bench/bench_dedup.py" + (" --quick" if args.quick else ""), "started": started,
+    res: dict = {"command": " ".join(["python bench/bench_dedup.py"] + sys.argv[1:]), "started": started,
                  "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                  "note": "CPU shared with other workers during the run: absolute rows/s are noisy; ratios are taken in the same process."}
-    only = set(args.only or ["parakqc", "gpteacher", "speed"])
+    only = set(args.only or ["parakqc", "gpteacher", "speed", "hybrid"])
     if "parakqc" in only:
         bench_parakqc(args, res)
     if "gpteacher" in only:
         bench_gpteacher(args, res)
     if "speed" in only:
         bench_speed(args, res)
+    if "hybrid" in only:
+        bench_hybrid(args, res)
     res["seconds"] = time.perf_counter() - t0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

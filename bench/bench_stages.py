@@ -1,24 +1,30 @@
 """Stage throughput and peak memory of one purification cycle on NSMC, at growing sizes.
 
     python bench/bench_stages.py                                   # 10k and 100k, USE encoder
-    python bench/bench_stages.py --sizes 712404 --standin-above 0  # all of NSMC, stand-in vectors
-    python bench/bench_stages.py --sizes 1700000 --standin-above 10000000   # the 1.7M target, real encoder (~40 min)
+    python bench/bench_stages.py --sizes 100000,712404 --runs 1 --standin-above 99999 --out bench/results/stages_712k
+                                                                   # all of NSMC, stand-in vectors, growth from 100k
+    python bench/bench_stages.py --sizes 1700000 --runs 1 --standin-above 100000 --out bench/results/stages_1700k \
+        --baseline bench/results/stages_712k.json                  # 1.7M rows (stand-in vectors), growth table
+    python bench/bench_stages.py --sizes 1700000 --standin-above 10000000   # the 1.7M target, real encoder (~21 min of it)
     python bench/bench_stages.py --smoke                           # 500 rows, seconds, no model
 
 For each size the rows go through every stage the Dagster assets run, called directly (no Dagster
 overhead): ingest -> clean -> embed (per batch, one batch) then dedup -> cluster -> project ->
 metrics -> review -> publish (one cycle). Each size (and each run) runs in a fresh subprocess, so
 the peak RSS of a size is that process's high-water mark and nothing is shared between sizes.
-Per stage: seconds, rows/s and the peak RSS seen while the stage ran (sampled every 50 ms).
+Per stage: seconds, rows/s and the peak RSS seen while the stage ran (sampled every 50 ms). On
+this shared machine a run is stopped when the available memory falls below ``--min-free-mib``
+(default 1 GiB) rather than left to the kernel's OOM killer; the stages it finished are still
+reported, with the stage it was in.
 
 Data: the first n lines of ../shared/data/nsmc/nsmc_raw_reviews.jsonl (712,404 rows). Above that,
 NSMC is repeated with light variation (see ``_common.nsmc_slice``: copy c appends one of a few
 short suffixes such as " ㅎㅎ" to every review, so exact dedup cannot collapse the copies).
 
-The encoder is the physical limit (~860 short rows/s for USE, the fastest packaged model). Above
-``--standin-above`` rows the embed stage uses a labelled stand-in (hashed character n-grams times
-a random projection, same dimension as the real encoder, ~100x faster) so the other stages can be
-measured at scale; the real encoder's rate is measured on ``--embed-sample`` rows in its own
+The encoder is the physical limit (USE, the fastest packaged model, embeds 1,200-1,400 short NSMC
+rows/s here). Above ``--standin-above`` rows the embed stage uses a labelled stand-in (hashed
+character n-grams times a random projection, same dimension as the real encoder, ~100x faster) so
+the other stages can be measured at scale; the real encoder's rate is measured on ``--embed-sample`` rows in its own
 process and the table shows the projected full-cycle time with the real encoder next to the
 measured one.
 """
@@ -59,6 +65,22 @@ def bench_params(project_methods: list[str] | None, extra: dict[str, Any] | None
 
 # ------------------------------------------------------------------------------------ worker side
 
+class _SavedTimings(list):
+    """Stage timings that save themselves to ``path`` after every stage, so that a run stopped
+    later (killed by the memory guard, a timeout, the OOM killer) still reports what it finished."""
+
+    def __init__(self, path: str | None):
+        super().__init__()
+        self.path = path
+
+    def append(self, item: Any) -> None:
+        super().append(item)
+        if self.path:
+            Path(self.path).write_text(json.dumps({"stages": [t.as_dict() for t in self],
+                                                   "peak_rss_mb": round(C.peak_rss_mb(), 1)},
+                                                  default=C._json_default), "utf-8")
+
+
 def worker(cfg: dict[str, Any]) -> dict[str, Any]:
     """One size, one run, in this (fresh) process."""
     started = time.perf_counter()
@@ -71,7 +93,7 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
         embedder, embed_info = C.make_bench_embedder(cfg["embedder"])
     load_seconds = time.perf_counter() - started
     home = Path(tempfile.mkdtemp(prefix="stages_", dir=cfg["work_dir"]))
-    timings: list[C.StageTiming] = []
+    timings: list[C.StageTiming] = _SavedTimings(cfg.get("partial"))
     try:
         ws = C.Workspace(home, bench_params(cfg.get("project_methods"), cfg.get("params")))
         t0 = time.perf_counter()
@@ -111,17 +133,67 @@ def embed_rate_worker(cfg: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------ parent side
 
-def spawn(mode: str, cfg: dict[str, Any], timeout: float) -> dict[str, Any]:
+class RunStopped(RuntimeError):
+    """A worker that failed or was stopped; ``partial`` holds the stages it finished."""
+
+    def __init__(self, message: str, partial: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.partial = partial or {}
+
+
+def mem_available_mib() -> float | None:
+    for line in C._read("/proc/meminfo").splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def spawn(mode: str, cfg: dict[str, Any], timeout: float, min_free_mib: float = 0) -> dict[str, Any]:
+    """Run ``mode`` in a fresh process. The worker is stopped when it runs past ``timeout`` or when
+    the machine's available memory falls below ``min_free_mib`` (this machine is shared: better to
+    lose the run than to let the kernel's OOM killer pick another job); the error then carries the
+    stages it finished."""
     with tempfile.NamedTemporaryFile("r", suffix=".json", delete=False) as out:
         out_path = out.name
+    partial_path = out_path + ".partial"
+    cfg = dict(cfg, partial=partial_path)
     cmd = [sys.executable, str(Path(__file__).resolve()), mode, json.dumps(cfg), out_path]
+    started = time.perf_counter()
+    lowest = None
     try:
-        proc = subprocess.run(cmd, timeout=timeout, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{mode} for {cfg.get('n', '')} rows failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-        return json.loads(Path(out_path).read_text("utf-8"))
+        with tempfile.TemporaryFile("w+") as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+            why = None
+            while proc.poll() is None:
+                time.sleep(0.5)
+                free = mem_available_mib()
+                if free is not None:
+                    lowest = free if lowest is None else min(lowest, free)
+                if time.perf_counter() - started > timeout:
+                    why = f"timed out after {timeout:.0f} s"
+                elif min_free_mib and free is not None and free < min_free_mib:
+                    why = f"stopped by the memory guard: the machine had {free:,.0f} MiB available (< {min_free_mib:,.0f})"
+                if why:
+                    proc.kill()
+                    proc.wait()
+                    break
+            err.seek(0)
+            tail = "\n".join(line for line in err.read().splitlines()
+                             if "leaked" not in line and "nanobind" not in line and not line.startswith(" - "))[-3000:]
+        if why or proc.returncode != 0:
+            partial = json.loads(Path(partial_path).read_text("utf-8")) if Path(partial_path).exists() else {}
+            done = [st["stage"] for st in partial.get("stages", [])]
+            running = next((st for st in STAGES if st not in done), None) if mode == "--worker" else None
+            msg = why or f"exit {proc.returncode}"
+            raise RunStopped(f"{mode} for {cfg.get('n', '')} rows {msg}" + (f" during stage {running}" if running else "")
+                             + (f":\n{tail}" if tail.strip() else ""),
+                             dict(partial, running_stage=running, lowest_mem_available_mib=lowest))
+        result = json.loads(Path(out_path).read_text("utf-8"))
+        result["lowest_mem_available_mib"] = round(lowest, 1) if lowest is not None else None
+        return result
     finally:
         Path(out_path).unlink(missing_ok=True)
+        Path(partial_path).unlink(missing_ok=True)
 
 
 def aggregate(n: int, runs: list[dict[str, Any]], rate: dict[str, Any] | None) -> dict[str, Any]:
@@ -145,6 +217,8 @@ def aggregate(n: int, runs: list[dict[str, Any]], rate: dict[str, Any] | None) -
         "stages": by_stage, "full_cycle_seconds": full,
         "peak_rss_mb": C.summarize([r["peak_rss_mb"] for r in runs], 1),
         "warehouse_mb": runs[-1]["warehouse_mb"], "model_load_seconds": runs[-1]["model_load_seconds"],
+        "lowest_mem_available_mib": min((r["lowest_mem_available_mib"] for r in runs
+                                         if r.get("lowest_mem_available_mib") is not None), default=None),
     }
     if standin and rate:
         real_rate = rate["rows_per_second"]["median"]
@@ -160,23 +234,33 @@ def aggregate(n: int, runs: list[dict[str, Any]], rate: dict[str, Any] | None) -
     return out
 
 
+def _stage_seconds(s: dict[str, Any], stage: str) -> float | None:
+    if stage in s.get("failed_stages", []) or (stage == "full_cycle" and s.get("failed_stages")):
+        return None
+    sec = s["full_cycle_seconds"]["median"] if stage == "full_cycle" else s["stages"][stage]["seconds"]["median"]
+    return sec if sec and sec > 0 else None
+
+
 def growth(sizes: list[dict[str, Any]]) -> dict[str, Any]:
     """How each stage's time grows with n: the log-log slope between the smallest and largest size
-    (1.0 = linear). The embed stage is compared only between sizes that used the same encoder."""
+    (1.0 = linear), and per step between consecutive sizes (``steps``). The embed stage and the
+    full cycle are compared only between sizes that used the same kind of vectors."""
+    sizes = sorted(sizes, key=lambda s: s["n"])
     out: dict[str, Any] = {}
     for stage in STAGES + ["full_cycle"]:
         pts = []
         for s in sizes:
-            if stage in ("embed", "full_cycle") and s["standin_vectors"] != sizes[0]["standin_vectors"]:
+            if stage in ("embed", "full_cycle") and s["standin_vectors"] != sizes[-1]["standin_vectors"]:
                 continue
-            if stage in s.get("failed_stages", []) or (stage == "full_cycle" and s.get("failed_stages")):
-                continue
-            sec = s["full_cycle_seconds"]["median"] if stage == "full_cycle" else s["stages"][stage]["seconds"]["median"]
-            if sec and sec > 0:
+            sec = _stage_seconds(s, stage)
+            if sec:
                 pts.append((s["n"], sec))
         if len(pts) >= 2 and pts[-1][0] > pts[0][0]:
             (n0, t0), (n1, t1) = pts[0], pts[-1]
-            out[stage] = {"exponent": round(math.log(t1 / t0) / math.log(n1 / n0), 2), "from_n": n0, "to_n": n1}
+            steps = [{"from_n": a[0], "to_n": b[0], "exponent": round(math.log(b[1] / a[1]) / math.log(b[0] / a[0]), 2)}
+                     for a, b in zip(pts, pts[1:]) if b[0] > a[0]]
+            out[stage] = {"exponent": round(math.log(t1 / t0) / math.log(n1 / n0), 2), "from_n": n0, "to_n": n1,
+                          "steps": steps}
     return out
 
 
@@ -212,9 +296,18 @@ def markdown(res: dict[str, Any]) -> str:
                          "rows/s": s["stages"]["ingest"]["rows"] / p["full_cycle_seconds_real_encoder"], "peak RSS MiB": None})
     lines += [C.md_table(rows), ""]
     if res.get("growth"):
-        lines += ["## Growth with n (time ~ n^exponent between the smallest and largest size measured)", "",
-                  C.md_table([{"stage": k, "exponent": v["exponent"], "from n": v["from_n"], "to n": v["to_n"]}
-                              for k, v in res["growth"].items()]), ""]
+        step_cols = sorted({(st["from_n"], st["to_n"]) for v in res["growth"].values() for st in v.get("steps", [])})
+        table = []
+        for k, v in res["growth"].items():
+            row = {"stage": k, "exponent": v["exponent"], "from n": v["from_n"], "to n": v["to_n"]}
+            by = {(st["from_n"], st["to_n"]): st["exponent"] for st in v.get("steps", [])}
+            if len(step_cols) > 1:
+                row.update({f"{a:,} → {b:,}": by.get((a, b)) for a, b in step_cols})
+            table.append(row)
+        lines += ["## Growth with n (time ~ n^exponent between the smallest and largest size measured)", ""]
+        if res.get("baseline"):
+            lines += [f"Sizes taken from an earlier results file for this table only: {res['baseline']}", ""]
+        lines += [C.md_table(table), ""]
     for s in res["sizes"]:
         steps = {k: s["stages"][k]["detail"].get("steps") for k in ("cluster", "project", "metrics", "review")}
         lines.append(f"- sub-steps at {s['n']:,} rows (s): " + "; ".join(f"{k} {v}" for k, v in steps.items() if v))
@@ -224,6 +317,12 @@ def markdown(res: dict[str, Any]) -> str:
                          "warehouse held; their times are still shown)")
     for f in res.get("failed_runs", []):
         lines.append(f"- **run {f['run']} at {f['n']:,} rows failed**: `{f['error'][-400:]}`")
+        if f.get("stages"):
+            lines += ["", f"Stages it finished (peak RSS of the run so far {C.fmt(f.get('peak_rss_mb'))} MiB; "
+                      f"stopped during {f.get('running_stage') or '—'}):", "",
+                      C.md_table([{"stage": st["stage"], "rows": st["rows"], "seconds": st["seconds"],
+                                   "rows/s": st["rows_per_second"], "peak RSS MiB": st["peak_rss_mb"]}
+                                  for st in f["stages"]]), ""]
     if res.get("not_run"):
         lines += ["", "## Not run in this session", ""]
         lines += [f"- {x['n']:,} rows: `{x['command']}` ({x['why']})" for x in res["not_run"]]
@@ -248,9 +347,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--embed-sample", type=int, default=5000, help="rows for measuring the real encoder's rate")
     ap.add_argument("--project-methods", default=None, help="override project.methods, e.g. pca (default: pca,umap)")
     ap.add_argument("--timeout", type=float, default=7200, help="seconds per subprocess")
+    ap.add_argument("--min-free-mib", type=float, default=1024,
+                    help="stop a run when the machine's available memory falls below this (0: never)")
     ap.add_argument("--params", default=None, help='JSON laid over the parameters, e.g. \'{"dedup": {"semantic": false}}\'')
     ap.add_argument("--smoke", "--quick", action="store_true", dest="smoke", help="500 rows, stand-in vectors, PCA only")
     ap.add_argument("--out", default=str(C.RESULTS / "stages"), help="output path without extension")
+    ap.add_argument("--baseline", action="append", default=[],
+                    help="an earlier results .json whose sizes (not measured here) join the growth table, e.g. "
+                         "bench/results/stages_712k.json when measuring 1.7M alone; repeatable")
     args = ap.parse_args(argv)
 
     if not C.have_data(C.NSMC):
@@ -277,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         sample_file = C.nsmc_slice(max(args.embed_sample, 10_000))
         print(f"measuring {args.embedder} on {args.embed_sample:,} rows ...", flush=True)
         res["embed_rate"] = spawn("--embed-rate", {"embedder": args.embedder, "file": str(sample_file),
-                                                   "sample": args.embed_sample, "runs": 2}, args.timeout)
+                                                   "sample": args.embed_sample, "runs": 2}, args.timeout, args.min_free_mib)
     res["sizes"] = []
     for n, k in zip(sizes, runs):
         file = C.nsmc_slice(n)
@@ -288,10 +392,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = {"n": n, "file": str(file), "embedder": args.embedder, "standin": standin,
                    "project_methods": methods, "work_dir": str(work_dir), "params": extra}
             try:
-                r = spawn("--worker", cfg, args.timeout)
-            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                r = spawn("--worker", cfg, args.timeout, args.min_free_mib)
+            except RunStopped as exc:
                 print(f"  FAILED: {str(exc)[-1500:]}", flush=True)
-                res.setdefault("failed_runs", []).append({"n": n, "run": i + 1, "error": str(exc)[-1500:]})
+                res.setdefault("failed_runs", []).append({"n": n, "run": i + 1, "error": str(exc)[-1500:], **exc.partial})
                 continue
             steps = ", ".join(f"{s['stage']} {s['seconds']:.1f}s" for s in r["stages"])
             print(f"  full cycle {sum(s['seconds'] for s in r['stages']):.1f}s, peak RSS {r['peak_rss_mb']:.0f} MiB "
@@ -299,11 +403,22 @@ def main(argv: list[str] | None = None) -> int:
             out_runs.append(r)
         if out_runs:
             res["sizes"].append(aggregate(n, out_runs, res.get("embed_rate")))
-    res["growth"] = growth(res["sizes"])
+    # sizes from earlier results files join the growth table (sizes measured here win)
+    extra_sizes: list[dict[str, Any]] = []
+    labels = []
+    for path in args.baseline:
+        for s in json.loads(Path(path).read_text("utf-8")).get("sizes", []):
+            if s["n"] not in {x["n"] for x in res["sizes"] + extra_sizes}:
+                extra_sizes.append(s)
+                labels.append(f"{s['n']:,} rows from {path} ({'stand-in' if s['standin_vectors'] else 'real'} vectors)")
+    if labels:
+        res["baseline"] = "; ".join(labels)
+    res["growth"] = growth(res["sizes"] + extra_sizes)
     full_cmd = "python bench/bench_stages.py --sizes 1700000 --runs 1 --standin-above 10000000"
+    enc_rate = ((res.get("embed_rate") or {}).get("rows_per_second") or {}).get("median") or 1300
     res["not_run"] = [
         {"n": n, "command": full_cmd.replace("1700000", str(n)), "why": "real encoder at this size takes "
-         f"~{n / 860 / 60:.0f} min of both cores at ~860 rows/s; not run on the shared machine"}
+         f"~{n / enc_rate / 60:.0f} min of both cores at ~{enc_rate:,.0f} rows/s; not run on the shared machine"}
         for n in (712_404, 1_700_000) if not any(s["n"] == n and not s["standin_vectors"] for s in res["sizes"])
     ] if not args.smoke else []
     js, md = C.write_results(args.out, res, markdown(res))
