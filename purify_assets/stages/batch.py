@@ -250,76 +250,112 @@ def vectors_to_frame(vectors: np.ndarray) -> pl.Series:
 VECTOR_TABLES = {"text": "embeddings", "response": "response_embeddings"}
 
 
-def _vectors_for(con: duckdb.DuckDBPyConnection, wanted: pl.DataFrame, embedder: Any, label: str, chunk_texts: int,
-                 report: StageReport, log: Log) -> pl.DataFrame:
-    """``wanted`` (text_hash, text) -> (text_hash, vector) for every distinct hash. A text this model
-    has embedded before, as a row text or as a response in any batch, comes from the warehouse."""
+def _embed_into(con: duckdb.DuckDBPyConnection, batch_id: str, table: str, wanted: pl.DataFrame, embedder: Any,
+                label: str, chunk_rows: int, chunk_texts: int, report: StageReport, log: Log) -> int:
+    """Store a vector in ``table`` for every row of ``wanted`` (row_id, text_hash, text) of one batch.
+
+    Rows already stored for this batch and model with the same text are kept; stored rows whose row
+    or text is gone are deleted. Rows whose text the model embedded before (any batch, either role)
+    get that vector copied inside DuckDB (one INSERT ... SELECT: no vector passes through Python).
+    The rest are sorted by text hash (repeats of a text sit together and are embedded once) and go
+    in chunks of about ``chunk_rows`` rows, embedded ``chunk_texts`` at a time; each chunk commits.
+    Memory stays at one chunk whatever the batch size, and a run that fails half-way keeps the
+    chunks it committed: the re-run embeds only the rest. Returns the number of rows written."""
     model_id = embedder.model_id
-    unique = wanted.unique("text_hash", keep="first", maintain_order=True)
-    con.register("_wanted", unique.select("text_hash"))
+    stored = wh.frame(con, f"SELECT row_id, text_hash FROM {table} WHERE batch_id = ? AND model_id = ?", [batch_id, model_id])
+    stale = stored.join(wanted.select("row_id", "text_hash"), on=["row_id", "text_hash"], how="anti")
+    todo = wanted.join(stored, on=["row_id", "text_hash"], how="anti", maintain_order="left")
+    n_unique = wanted["text_hash"].n_unique()
+    sources = " UNION ALL ".join(f"SELECT text_hash, vector FROM {t} WHERE model_id = $model" for t in VECTOR_TABLES.values())
+    con.register("_todo", todo.select("row_id", "text_hash"))
+    con.register("_stale", stale)
     try:
-        cached = wh.frame(con, " UNION ALL ".join(
-            f"SELECT e.text_hash, any_value(e.vector) AS vector FROM {table} e JOIN _wanted w USING (text_hash) "
-            "WHERE e.model_id = ? GROUP BY e.text_hash" for table in VECTOR_TABLES.values()), [model_id] * len(VECTOR_TABLES))
+        with wh.transaction(con):
+            if len(stale):
+                wh.run(con, f"DELETE FROM {table} t USING _stale s WHERE t.row_id = s.row_id AND t.text_hash = s.text_hash "
+                            "AND t.batch_id = $batch AND t.model_id = $model", {"batch": batch_id, "model": model_id})
+            with report.timed(f"copy_cached_{label}"):
+                copied = wh.run(con, f"""
+                    INSERT INTO {table} (batch_id, row_id, model_id, text_hash, vector)
+                    SELECT $batch, t.row_id, $model, t.text_hash, v.vector FROM _todo t JOIN (
+                        SELECT text_hash, vector FROM ({sources}) WHERE text_hash IN (SELECT text_hash FROM _todo)
+                        QUALIFY row_number() OVER (PARTITION BY text_hash) = 1) v USING (text_hash)""",
+                                {"batch": batch_id, "model": model_id})
+        n_copied = int(copied[0][0]) if copied else 0
+        copied_rows = wh.frame(con, f"SELECT row_id, text_hash FROM {table} WHERE batch_id = ? AND model_id = ?",
+                               [batch_id, model_id])
     finally:
-        con.unregister("_wanted")
-    cached = cached.unique("text_hash", keep="first").with_columns(pl.col("vector").cast(pl.List(pl.Float32)))
-    missing = unique.join(cached.select("text_hash"), on="text_hash", how="anti")
-    texts = missing["text"].to_list()
+        con.unregister("_todo")
+        con.unregister("_stale")
+    rest = todo.join(copied_rows, on=["row_id", "text_hash"], how="anti").sort("text_hash", maintain_order=True)
+    hashes = rest["text_hash"]
+    embedded = 0
     started = time.perf_counter()
-    parts: list[np.ndarray] = []
-    with report.timed(f"embed_{label}"):
-        for i in range(0, len(texts), chunk_texts):
-            parts.append(embedder.embed(texts[i:i + chunk_texts]))
-            done = min(i + chunk_texts, len(texts))
-            rate = done / max(time.perf_counter() - started, 1e-9)
-            log(f"{label}: embedded {done:,}/{len(texts):,} texts ({rate:,.0f}/s, ETA {(len(texts) - done) / rate:,.0f}s)")
-    elapsed = time.perf_counter() - started
-    new = pl.DataFrame({"text_hash": missing["text_hash"]})
-    if texts:
-        new = new.with_columns(vectors_to_frame(np.vstack(parts)))
-    else:
-        new = new.with_columns(pl.Series("vector", [], dtype=pl.List(pl.Float32)))
+    embed_seconds = 0.0
+    lo = 0
+    while lo < len(rest):
+        hi = min(lo + chunk_rows, len(rest))
+        while hi < len(rest) and hashes[hi] == hashes[hi - 1]:  # a text's repeats stay in one chunk
+            hi += 1
+        chunk = rest.slice(lo, hi - lo)
+        unique = chunk.unique("text_hash", keep="first", maintain_order=True)
+        texts = unique["text"].to_list()
+        t0 = time.perf_counter()
+        with report.timed(f"embed_{label}"):
+            vectors = np.vstack([np.asarray(embedder.embed(texts[i:i + chunk_texts]), dtype=np.float32)
+                                 for i in range(0, len(texts), chunk_texts)])
+        embed_seconds += time.perf_counter() - t0
+        embedded += len(texts)
+        rows = chunk.select("row_id", "text_hash").join(unique.select("text_hash").with_row_index("_u"), on="text_hash",
+                                                        how="left", maintain_order="left")
+        frame = rows.select(pl.lit(batch_id).alias("batch_id"), "row_id", pl.lit(model_id).alias("model_id"),
+                            "text_hash").with_columns(vectors_to_frame(vectors[rows["_u"].to_numpy()]))
+        with report.timed("store"), wh.transaction(con):
+            wh.insert_frame(con, table, frame)
+        lo = hi
+        rate = embedded / embed_seconds if embed_seconds > 0 else 0.0
+        left = len(rest) - lo
+        eta = f", ETA {left / (lo / max(time.perf_counter() - started, 1e-9)):,.0f}s" if left else ""
+        log(f"{label}: {lo:,}/{len(rest):,} rows stored, {embedded:,} texts embedded ({rate:,.0f} texts/s{eta})")
     prefix = "" if label == "text" else f"{label}."
-    report.counts.update({f"{prefix}unique_texts": len(unique), f"{prefix}cache_hits": len(cached),
-                          f"{prefix}embedded": len(texts)})
-    report.values[f"{prefix}rows_per_second"] = round(len(texts) / elapsed, 1) if texts and elapsed > 0 else 0.0
-    return pl.concat([cached, new])
+    report.counts.update({f"{prefix}unique_texts": n_unique, f"{prefix}cache_hits": n_unique - embedded,
+                          f"{prefix}embedded": embedded, f"{prefix}rows_kept_from_before": len(wanted) - len(todo),
+                          f"{prefix}rows_copied_from_cache": n_copied})
+    report.values[f"{prefix}rows_per_second"] = round(embedded / embed_seconds, 1) if embed_seconds > 0 else 0.0
+    return len(todo)
 
 
 def embed_batch(con: duckdb.DuckDBPyConnection, batch_id: str, embedder: Any, chunk_texts: int = 2048,
-                log: Log = _no_log, *, response_vectors: bool = True) -> StageReport:
+                log: Log = _no_log, *, response_vectors: bool = True, chunk_rows: int = 50_000) -> StageReport:
     """Vectors for one batch: the composed row text of every row (``embeddings``) and, with
     ``response_vectors``, the response of every row that has one (``response_embeddings``; the
     conflict check compares responses by meaning). Texts this model already embedded, in any batch
-    and in either role, come from the warehouse instead of the model."""
+    and in either role, come from the warehouse instead of the model. Written ``chunk_rows`` rows at
+    a time (see ``_embed_into``); switching ``response_vectors`` off deletes the batch's response
+    vectors of this model."""
     report = StageReport()
     model_id = embedder.model_id
     rows = wh.frame(con, "SELECT row_id, text_hash, text, output FROM clean_rows WHERE batch_id = ? ORDER BY row_id", [batch_id])
-    lookup = _vectors_for(con, rows.select("text_hash", "text"), embedder, "text", chunk_texts, report,
-                          lambda m: log(f"{batch_id}: {m}"))
-    frame = rows.select("row_id", "text_hash").join(lookup, on="text_hash", how="left").select(
-        pl.lit(batch_id).alias("batch_id"), "row_id", pl.lit(model_id).alias("model_id"), "text_hash", "vector")
-    responses = None
-    if response_vectors:
-        answered = rows.filter(pl.col("output").str.strip_chars().str.len_chars() > 0)
-        answered = answered.with_columns(pl.col("output").map_elements(text_hash, return_dtype=pl.String).alias("response_hash"))
-        found = _vectors_for(con, answered.select(pl.col("response_hash").alias("text_hash"), pl.col("output").alias("text")),
-                             embedder, "response", chunk_texts, report, lambda m: log(f"{batch_id}: {m}"))
-        responses = answered.select("row_id", pl.col("response_hash").alias("text_hash")).join(
-            found, on="text_hash", how="left").select(
-            pl.lit(batch_id).alias("batch_id"), "row_id", pl.lit(model_id).alias("model_id"), "text_hash", "vector")
-    with report.timed("store"), wh.transaction(con):
-        for table, part in (("embeddings", frame), ("response_embeddings", responses)):
-            wh.run(con, f"DELETE FROM {table} WHERE batch_id = ? AND model_id = ?", [batch_id, model_id])
-            if part is not None:
-                wh.insert_frame(con, table, part)
+    batch_log = lambda m: log(f"{batch_id}: {m}")  # noqa: E731
+    _embed_into(con, batch_id, "embeddings", rows.select("row_id", "text_hash", "text"), embedder, "text",
+                chunk_rows, chunk_texts, report, batch_log)
+    answered = rows.filter(pl.col("output").str.strip_chars().str.len_chars() > 0) if response_vectors else rows.clear()
+    answered = answered.select("row_id", pl.col("output").map_elements(text_hash, return_dtype=pl.String).alias("text_hash"),
+                               pl.col("output").alias("text"))
+    _embed_into(con, batch_id, "response_embeddings", answered, embedder, "response", chunk_rows, chunk_texts, report,
+                batch_log)
+    if not response_vectors:
+        for key in ("unique_texts", "cache_hits", "embedded", "rows_kept_from_before", "rows_copied_from_cache"):
+            report.counts.pop(f"response.{key}", None)
+        report.values.pop("response.rows_per_second", None)
     report.counts["rows"] = len(rows)
-    report.counts["response_vectors"] = 0 if responses is None else len(responses)
+    report.counts["response_vectors"] = len(answered)
     report.values.update(model_id=model_id, dim=int(getattr(embedder, "dim", 0) or 0), response_vectors=bool(response_vectors))
     usage = getattr(embedder, "usage", None)
     if usage:
         report.values.update({f"usage.{k}": v for k, v in usage.items()})
-    missing_vectors = frame["vector"].null_count()
+    missing_vectors = int(wh.scalar(con, "SELECT count(*) FROM clean_rows c WHERE c.batch_id = ? AND NOT EXISTS ("
+                                         "SELECT 1 FROM embeddings e WHERE e.row_id = c.row_id AND e.text_hash = c.text_hash "
+                                         "AND e.model_id = ?)", [batch_id, model_id]))
     report.checks["every_row_has_a_vector"] = (missing_vectors == 0, f"{missing_vectors} rows without a vector")
     return report

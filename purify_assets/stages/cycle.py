@@ -30,11 +30,33 @@ REMOVED_ROW_IDS_SQL = ("SELECT row_id FROM dedup_sets WHERE NOT is_representativ
                        + ", ".join(f"'{k}'" for k in REMOVING_KINDS) + ")")
 
 
-def _vectors(frame: pl.DataFrame, column: str = "vector") -> np.ndarray:
-    if frame.is_empty():
-        return np.zeros((0, 0), dtype=np.float32)
-    dim = len(frame[column][0])
-    return frame[column].list.to_array(dim).to_numpy().astype(np.float32, copy=False)
+def _vector_matrix(con: duckdb.DuckDBPyConnection, keys: pl.DataFrame, model_id: str, table: str = "embeddings",
+                   by_text: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The vectors ``model_id`` made for the rows of ``keys``, as one float32 matrix in the order of
+    ``keys``, and a bool per row saying whether it has one (rows without stay zero). ``by_text``
+    matches (row_id, text_hash), so a row whose text changed since it was embedded has no vector;
+    otherwise row_id alone (response vectors carry the response's hash). Vectors stream from DuckDB
+    into the matrix (``warehouse.matrix_from_query``): no polars list column of them is ever built."""
+    cols = ["row_id", "text_hash"] if by_text else ["row_id"]
+    k = keys.select(cols).with_row_index("_pos")
+    on = " AND ".join(f"e.{c} = k.{c}" for c in cols)
+    con.register("_vector_keys", k)
+    try:
+        return wh.matrix_from_query(con, f"SELECT k._pos, e.vector FROM _vector_keys k JOIN {table} e ON {on} "
+                                         "AND e.model_id = ?", [model_id], len(k))
+    finally:
+        con.unregister("_vector_keys")
+
+
+def _all_vectors(con: duckdb.DuckDBPyConnection, keys: pl.DataFrame, model_id: str) -> np.ndarray:
+    """``_vector_matrix`` for rows that must all have a vector (they were selected by a join on
+    ``embeddings``); a row without one means the warehouse changed under the stage."""
+    x, found = _vector_matrix(con, keys, model_id)
+    if not found.all():
+        missing = keys["row_id"].gather(np.flatnonzero(~found)[:3]).to_list()
+        raise RuntimeError(f"{int((~found).sum()):,} rows lost their {model_id!r} vectors while the stage ran "
+                           f"(e.g. {missing}); re-run the stage")
+    return x
 
 
 def _now() -> datetime:
@@ -49,30 +71,39 @@ def _dedup_config(dedup_params: dict[str, Any], model_id: str) -> str:
 
 
 def _signatures(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, num_perm: int, report: StageReport) -> np.ndarray:
-    """MinHash signatures of every row; cached in ``dedup_signatures`` by (row hash, shingle config)."""
+    """MinHash signatures of every row of ``rows`` (uint64 matrix, one row each, in order); cached in
+    ``dedup_signatures`` by (row hash, shingle config), so only row hashes never seen are hashed. The
+    cached ones stream straight into the matrix (``warehouse.matrix_from_query``)."""
     from purify_assets.core.dedup import minhash_signatures
 
     config = f"minhash-auto-{num_perm}"
-    con.register("_want", rows.select("row_hash").unique())
+    keys = rows.select("row_hash").with_row_index("_pos")
+    con.register("_sig_rows", keys)
     try:
-        cached = wh.frame(con, "SELECT s.row_hash, any_value(s.signature) AS signature FROM dedup_signatures s "
-                               "JOIN _want USING (row_hash) WHERE s.config = ? GROUP BY s.row_hash", [config])
+        sig, found = wh.matrix_from_query(con, "SELECT r._pos, s.signature FROM _sig_rows r JOIN dedup_signatures s "
+                                               "ON s.row_hash = r.row_hash AND s.config = ?", [config], len(keys), np.uint64)
     finally:
-        con.unregister("_want")
-    missing = rows.select("row_hash", "full_text").unique("row_hash").join(cached.select("row_hash"), on="row_hash", how="anti")
-    report.counts["near.signatures_cached"] = len(cached)
-    report.counts["near.signatures_computed"] = len(missing)
-    if len(missing):
+        con.unregister("_sig_rows")
+    if sig.shape[1] != num_perm:
+        sig = np.zeros((len(keys), num_perm), dtype=np.uint64)  # nothing cached yet
+    missing_pos = np.flatnonzero(~found)
+    missing = rows.select("row_hash", "full_text").with_row_index("_pos")[missing_pos] if len(missing_pos) else None
+    unique = missing.unique("row_hash", keep="first", maintain_order=True) if missing is not None else None
+    report.counts["near.signatures_cached"] = int(rows["row_hash"].gather(np.flatnonzero(found)).n_unique()) if found.any() else 0
+    report.counts["near.signatures_computed"] = 0 if unique is None else len(unique)
+    if unique is not None and len(unique):
         with report.timed("near_hashing"):
-            sig = minhash_signatures(missing["full_text"].to_list(), num_perm=num_perm)
-        fresh = pl.DataFrame({"row_hash": missing["row_hash"], "config": [config] * len(missing),
-                              "signature": pl.Series(sig).cast(pl.List(pl.UInt64))})
+            fresh_sig = minhash_signatures(unique["full_text"].to_list(), num_perm=num_perm)
+        fresh = pl.DataFrame({"row_hash": unique["row_hash"], "config": [config] * len(unique),
+                              "signature": pl.Series(fresh_sig).cast(pl.List(pl.UInt64))})
         with wh.transaction(con):  # a cache keyed by (row hash, config): all of a batch of signatures or none
             wh.insert_frame(con, "dedup_signatures", fresh)
-        cached = pl.concat([cached.with_columns(pl.col("signature").cast(pl.List(pl.UInt64))),
-                            fresh.select("row_hash", "signature")])
-    table = rows.select("row_hash").join(cached, on="row_hash", how="left")
-    return table["signature"].list.to_array(num_perm).to_numpy().astype(np.uint64, copy=False)
+        del fresh
+        # every missing row (copies of one hash included) takes its hash's new signature
+        where = missing.select("_pos", "row_hash").join(unique.select("row_hash").with_row_index("_new"), on="row_hash",
+                                                        how="left", maintain_order="left")
+        sig[where["_pos"].to_numpy()] = fresh_sig[where["_new"].to_numpy()]
+    return sig
 
 
 def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], model_id: str, log: Log = _no_log, *,
@@ -88,10 +119,15 @@ def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], mod
     rows = wh.frame(con, """
         SELECT c.row_id, c.row_hash, c.text_hash, c.instruction, coalesce(c.input, '') AS input, c.output,
                concat_ws(chr(10), c.instruction, c.input, c.output) AS full_text,
-               coalesce(length(c.output), 0) AS response_length, e.vector
+               coalesce(length(c.output), 0) AS response_length, e.row_id IS NOT NULL AS has_vector
         FROM clean_rows c LEFT JOIN embeddings e ON e.row_id = c.row_id AND e.text_hash = c.text_hash AND e.model_id = ?
         ORDER BY c.row_id""", [model_id])
     n = len(rows)
+    # vectors of the rows that have one, in row order; ``vector_pos`` is each row's index into them
+    rows = rows.with_columns(pl.when(pl.col("has_vector")).then(pl.col("has_vector").cast(pl.Int64).cum_sum() - 1)
+                             .otherwise(None).alias("vector_pos"))
+    with report.timed("load_vectors"):
+        vectors, _ = _vector_matrix(con, rows.filter(pl.col("has_vector")), model_id)
     config = _dedup_config(dedup_params, model_id)
     ids = rows["row_id"].to_list()
     lengths = rows["response_length"].to_list()
@@ -132,10 +168,11 @@ def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], mod
                                                     num_perm=num_perm, response_lengths=lengths, new_mask=new_mask,
                                                     previous_sets=prev("near")))
     if n and dedup_params.get("semantic", True):
-        has_vec = rows["vector"].is_not_null()
-        emb = rows.filter(has_vec)
+        has_vec = rows["has_vector"].to_numpy()
+        every = bool(has_vec.all())
+        emb = rows.filter(pl.col("has_vector")).select("row_id", "response_length") if not every else rows
         if len(emb):
-            mask = new_mask[has_vec.to_numpy()] if new_mask is not None else None
+            mask = (new_mask if every else new_mask[has_vec]) if new_mask is not None else None
             with report.timed("semantic"):
                 if mask is not None and not mask.any():
                     frames.append(prev("semantic"))
@@ -144,18 +181,18 @@ def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], mod
                     w = float(dedup_params.get("semantic_weight_cosine", 0.5))
                     # exact lower bounds: w*cos + (1-w)*J >= t needs cos >= (t-(1-w))/w and J >= (t-w)/(1-w)
                     frames.append(dedup.hybrid_duplicates(
-                        emb["row_id"].to_list(), _vectors(emb), sigs[has_vec.to_numpy()], threshold=t, weight_cosine=w,
+                        emb["row_id"].to_list(), vectors, sigs if every else sigs[has_vec], threshold=t, weight_cosine=w,
                         candidate_cosine=max(0.0, (t - (1 - w)) / w) if w > 0 else 1.0,
                         candidate_jaccard=max(0.0, (t - w) / (1 - w)) if w < 1 else 1.0,
                         response_lengths=emb["response_length"].to_list(), new_mask=mask, previous_sets=prev("semantic")))
                 else:
                     frames.append(dedup.semantic_duplicates(
-                        emb["row_id"].to_list(), _vectors(emb), threshold=float(dedup_params.get("semantic_threshold", 0.95)),
+                        emb["row_id"].to_list(), vectors, threshold=float(dedup_params.get("semantic_threshold", 0.95)),
                         response_lengths=emb["response_length"].to_list(), new_mask=mask, previous_sets=prev("semantic")))
         report.counts["semantic.rows_without_vector"] = int(n - len(emb))
     if n and dedup_params.get("conflicts", True):
         with report.timed("conflicts"):
-            frames.append(_conflict_sets(con, rows, dedup_params, model_id, embedded_text, report))
+            frames.append(_conflict_sets(con, rows, vectors, dedup_params, model_id, embedded_text, report))
     frames = [f for f in frames if f is not None and len(f)]
     sets = dedup.combine_sets(*frames).select(dedup.DEDUP_COLUMNS) if frames else None
     state_now = rows.select("row_id", "row_hash", "text_hash").with_columns(pl.lit(config).alias("config"))
@@ -184,8 +221,8 @@ def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], mod
     return report
 
 
-def _conflict_sets(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, dedup_params: dict[str, Any], model_id: str,
-                   embedded_text: str, report: StageReport) -> pl.DataFrame | None:
+def _conflict_sets(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, vectors: np.ndarray, dedup_params: dict[str, Any],
+                   model_id: str, embedded_text: str, report: StageReport) -> pl.DataFrame | None:
     """Rows with the same input and the same or nearly the same instruction whose responses differ
     materially: ``conflict`` sets (flagged, never removed).
 
@@ -195,7 +232,8 @@ def _conflict_sets(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, dedup_par
     are equal: "Summarize this" over two different inputs is not one instruction. Responses differ
     when the cosine of their vectors (``response_embeddings``) is below
     ``conflict_max_response_cosine``; rows without response vectors fall back to MinHash Jaccard below
-    ``conflict_max_response_similarity``, which also calls a reworded answer different."""
+    ``conflict_max_response_similarity``, which also calls a reworded answer different. ``vectors``
+    are the row vectors, ``rows["vector_pos"]`` each row's index into them (null: no vector)."""
     from purify_assets.core import dedup
 
     answered = rows.filter(pl.col("output").str.strip_chars().str.len_chars() > 0)
@@ -210,34 +248,29 @@ def _conflict_sets(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, dedup_par
     answered = answered.with_columns(
         pl.col("input").hash().cast(pl.String).alias("input_key"),
         pl.concat_str([pl.col("instruction"), pl.col("input")], separator="\x1f").hash().cast(pl.String).alias("exact_key"))
-    con.register("_answered", answered.select("row_id"))
-    try:
-        response_vectors = wh.frame(con, "SELECT r.row_id, r.vector AS response_vector FROM response_embeddings r "
-                                         "JOIN _answered USING (row_id) WHERE r.model_id = ?", [model_id])
-    finally:
-        con.unregister("_answered")
-    answered = answered.join(response_vectors.unique("row_id"), on="row_id", how="left")
-    if match == "vector" and answered["vector"].null_count():
+    if match == "vector" and answered["vector_pos"].null_count():
         match = "exact"  # some rows have no instruction vector (yet): compare those instructions as text
     # candidate groups: rows sharing the exact key, or (vector matching) rows sharing an input
     group_col = "input_key" if match == "vector" else "exact_key"
-    shared = answered.filter(pl.len().over(group_col) >= 2)
+    shared = answered.filter(pl.len().over(group_col) >= 2).with_row_index("shared_pos")
     report.values["conflicts.instruction_match"] = match
-    use_vectors = len(shared) > 0 and shared["response_vector"].null_count() == 0
+    responses_x, has_response = _vector_matrix(con, shared, model_id, table="response_embeddings", by_text=False)
+    use_vectors = len(shared) > 0 and bool(has_response.all())
     report.values["conflicts.response_similarity"] = "cosine of response vectors" if use_vectors else "MinHash Jaccard"
     report.counts["conflicts.candidate_rows"] = len(shared)
     limit = float(dedup_params.get("conflict_max_response_cosine", 0.5) if use_vectors
                   else dedup_params.get("conflict_max_response_similarity", 0.5))
 
     def find(part: pl.DataFrame, instructions: Any, threshold: float | None) -> pl.DataFrame:
-        responses = _vectors(part, "response_vector") if use_vectors else part["output"].to_list()
+        responses = responses_x[part["shared_pos"].to_numpy()] if use_vectors else part["output"].to_list()
         return dedup.conflicting_responses(part["row_id"].to_list(), instructions, responses, part["response_length"].to_list(),
                                            instruction_threshold=threshold, max_response_similarity=limit)
 
     if match == "exact":  # one call: the finder groups the rows by their key itself
         return find(shared, shared["exact_key"].to_list(), None) if len(shared) else None
     cosine = float(dedup_params.get("conflict_instruction_cosine", 0.95))
-    out = [find(part, _vectors(part), cosine) for (_,), part in shared.group_by(group_col, maintain_order=True)]
+    out = [find(part, vectors[part["vector_pos"].to_numpy()], cosine)
+           for (_,), part in shared.group_by(group_col, maintain_order=True)]
     out = [f for f in out if len(f)]
     return pl.concat(out) if out else None
 
@@ -245,7 +278,7 @@ def _conflict_sets(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, dedup_par
 def kept_rows_sql() -> str:
     """Rows that enter clustering: cleaned, embedded by the current model, not a removed duplicate."""
     return """
-        SELECT e.row_id, e.vector FROM embeddings e
+        SELECT e.row_id, e.text_hash FROM embeddings e
         JOIN clean_rows c USING (row_id, text_hash)
         WHERE e.model_id = $model_id
           AND e.row_id NOT IN ({removed})
@@ -274,7 +307,8 @@ def cluster_rows(con: duckdb.DuckDBPyConnection, params: ParamsVersion, model_id
     if data.is_empty():
         raise ValueError(f"no rows to cluster: no kept row has an embedding from model {model_id!r}; "
                          "materialize raw_rows, clean_rows and embeddings for at least one batch first")
-    vectors = _vectors(data)
+    with report.timed("load_vectors"):
+        vectors = _all_vectors(con, data, model_id)
     log(f"clustering {len(data):,} rows of dimension {vectors.shape[1]} with {cluster_params.get('algorithm', 'kmeans')}")
     with report.timed("fit"):
         result = fit_clusters(vectors, cluster_params)
@@ -312,31 +346,15 @@ def latest_cycle_or_fail(con: duckdb.DuckDBPyConnection) -> int:
     return cycle
 
 
-def _labelled(con: duckdb.DuckDBPyConnection, cycle: int, model_id: str, with_text: bool = False,
-              with_vector: bool = True) -> pl.DataFrame:
+def _labelled(con: duckdb.DuckDBPyConnection, cycle: int, model_id: str, with_text: bool = False) -> pl.DataFrame:
     """The rows labelled in ``cycle``, by row id: cluster, strength, the text hash their vector was
-    made from, and (optionally) the vector and the texts."""
-    vector = ", e.vector" if with_vector else ""
+    made from, and (optionally) the texts. Their vectors: ``_all_vectors(con, frame, model_id)``."""
     extra = ", c.text, c.instruction, c.input, c.output, c.lang" if with_text else ""
     return wh.frame(con, f"""
-        SELECT l.row_id, l.cluster, l.strength, c.text_hash{vector}{extra} FROM cluster_labels l
+        SELECT l.row_id, l.cluster, l.strength, c.text_hash{extra} FROM cluster_labels l
         JOIN embeddings e ON e.row_id = l.row_id AND e.model_id = ?
         JOIN clean_rows c ON c.row_id = l.row_id AND c.text_hash = e.text_hash
         WHERE l.cycle = ? ORDER BY l.row_id""", [model_id, cycle])
-
-
-def _vectors_for_rows(con: duckdb.DuckDBPyConnection, keys: pl.DataFrame, model_id: str) -> pl.DataFrame:
-    """(row_id, text_hash, vector) for the rows of ``keys`` (row_id, text_hash) that still have an
-    embedding of that text by ``model_id``, in the order of ``keys``."""
-    keys = keys.select("row_id", "text_hash")
-    con.register("_want_rows", keys)
-    try:
-        found = wh.frame(con, "SELECT k.row_id, k.text_hash, any_value(e.vector) AS vector FROM _want_rows k "
-                              "JOIN embeddings e ON e.row_id = k.row_id AND e.text_hash = k.text_hash AND e.model_id = ? "
-                              "GROUP BY k.row_id, k.text_hash", [model_id])
-    finally:
-        con.unregister("_want_rows")
-    return keys.join(found, on=["row_id", "text_hash"], how="inner", maintain_order="left")
 
 
 def _fit_config(kind: str, settings: dict[str, Any], model_id: str) -> str:
@@ -400,9 +418,9 @@ def _projection_plan(con: duckdb.DuckDBPyConnection, data: pl.DataFrame, config:
     if missing:
         return dict(plan, reason=f"no stored fit for {', '.join(missing)}")
     fit_keys = fit.select("row_id", "text_hash").unique(maintain_order=True)
-    fit_vectors = _vectors_for_rows(con, fit_keys, model_id)
-    if len(fit_vectors) < len(fit_keys):
-        return dict(plan, reason=f"{len(fit_keys) - len(fit_vectors):,} rows the projection was fitted on changed "
+    fit_x, found = _vector_matrix(con, fit_keys, model_id)
+    if not found.all():
+        return dict(plan, reason=f"{int((~found).sum()):,} rows the projection was fitted on changed "
                                  "their text or left the warehouse")
     old = wh.frame(con, "SELECT row_id, method, dims, x, y, z FROM projections "
                         "WHERE cycle = (SELECT max(cycle) FROM projections)")
@@ -413,7 +431,8 @@ def _projection_plan(con: duckdb.DuckDBPyConnection, data: pl.DataFrame, config:
         return dict(plan, reason=f"the stored coordinates do not cover every earlier row ({', '.join(short)})")
     reason = (f"{changed:,} rows new, placed or gone since the fit in cycle {fit_cycle}: {share:.1%} of its "
               f"{rows_at_fit:,} rows, within project.refit_share {refit_share:.0%}")
-    return dict(plan, reuse=True, reason=reason, fit=fit, fit_vectors=fit_vectors, old=old, known=known)
+    return dict(plan, reuse=True, reason=reason, fit=fit, fit_keys=fit_keys.with_row_index("_fit_pos"), fit_x=fit_x,
+                old=old, known=known)
 
 
 def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any], model_id: str, plots_dir: Path,
@@ -428,7 +447,7 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
     Otherwise every method is refitted. ``mode``, ``refit_reason`` and the row counts say which.
     """
     from purify_assets.core.plots import scatter_3d_html, scatter_png
-    from purify_assets.core.projection import fit_indices, knn_neighbours, place, project
+    from purify_assets.core.projection import fit_indices, knn_neighbours, place, project, rest_indices
 
     report = StageReport()
     cycle = latest_cycle_or_fail(con)
@@ -438,7 +457,7 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
     methods, seed, fit_sample = settings["methods"], settings["seed"], settings["fit_sample"]
     combos = [(method, dims) for method in methods for dims in (2, 3)]
     with report.timed("load"):
-        data = _labelled(con, cycle, model_id, with_text=True, with_vector=False)
+        data = _labelled(con, cycle, model_id, with_text=True)
         plan = _projection_plan(con, data, config, combos, settings, refit_share, model_id)
     n = len(data)
     labels = data["cluster"].to_numpy()
@@ -447,17 +466,17 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
     fit_frames: list[pl.DataFrame] = []
     if plan["reuse"]:
         known = plan["known"]
-        new_rows = _vectors_for_rows(con, data.join(known.select("row_id"), on="row_id", how="anti"), model_id)
-        x_new = _vectors(new_rows)
+        new_rows = data.join(known.select("row_id"), on="row_id", how="anti").select("row_id", "text_hash")
+        x_new = _all_vectors(con, new_rows, model_id)
         log(f"projection: keeping the fit of cycle {plan['fit_cycle']} for {len(known):,} rows, placing {len(new_rows):,} new rows")
         knn = int(settings.get("knn", 10))
         searched: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # fitted row ids -> neighbours of the new rows
         for method, dims in combos:
             with report.timed(f"{method}_{dims}d"):
                 fitted = plan["fit"].filter((pl.col("method") == method) & (pl.col("dims") == dims)).join(
-                    plan["fit_vectors"], on=["row_id", "text_hash"], how="left", maintain_order="left")
+                    plan["fit_keys"], on=["row_id", "text_hash"], how="left", maintain_order="left")
                 y_fit = fitted.select(["x", "y", "z"][:dims]).to_numpy().astype(np.float32)
-                x_fit = _vectors(fitted)
+                x_fit = plan["fit_x"][fitted["_fit_pos"].to_numpy()]
                 neighbours = None
                 if method != "pca" and len(new_rows):
                     # 2-D and 3-D maps (and UMAP and t-SNE below tsne_max_fit) share their fitted rows
@@ -477,15 +496,25 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
         report.counts.update(rows_reused=len(known), rows_placed=len(new_rows), rows_refit=0)
     else:
         with report.timed("load_vectors"):
-            vectors = _vectors(_vectors_for_rows(con, data, model_id))
+            vectors = _all_vectors(con, data, model_id)
         extra = {k: settings[k] for k in _PROJECT_FIT_KEYS if k in settings}
         log(f"projection: refitting ({plan['reason']})")
+        searched = {}  # fit rows -> k-NN of the other rows among them, shared by the maps fitted on them
         for method, dims in combos:
             log(f"projecting {n:,} rows with {method} to {dims}-D")
-            with report.timed(f"{method}_{dims}d"):
-                c = project(vectors, method, dims, seed=seed, fit_sample=fit_sample, **extra)
-            coords[(method, dims)] = c
             idx = fit_indices(n, method, fit_sample=fit_sample, tsne_max_fit=int(settings.get("tsne_max_fit", 5000)), seed=seed)
+            neighbours = None
+            places_by_knn = method == "tsne" or (method == "umap" and settings.get("umap_place", "knn") == "knn")
+            if places_by_knn and len(idx) < n:
+                key = (len(idx), hash(idx.tobytes()))
+                if key not in searched:
+                    with report.timed("knn_placement_search"):
+                        searched[key] = knn_neighbours(vectors[idx], vectors, knn=int(settings.get("knn", 10)),
+                                                       rows=rest_indices(n, idx))
+                neighbours = searched[key]
+            with report.timed(f"{method}_{dims}d"):
+                c = project(vectors, method, dims, seed=seed, fit_sample=fit_sample, neighbours=neighbours, **extra)
+            coords[(method, dims)] = c
             fit_frames.append(pl.DataFrame({
                 "config": [config] * len(idx), "method": [method] * len(idx), "dims": pl.Series([dims] * len(idx), dtype=pl.Int32),
                 "row_id": data["row_id"].gather(idx), "text_hash": data["text_hash"].gather(idx),
@@ -620,7 +649,7 @@ def measure_clusters(con: duckdb.DuckDBPyConnection, measure_params: dict[str, A
     params_hash = wh.scalar(con, "SELECT params_hash FROM cycles WHERE cycle = ?", [cycle])
     with report.timed("load"):
         data = _labelled(con, cycle, model_id)
-        vectors = _vectors(data)
+        vectors = _all_vectors(con, data, model_id)
     labels = data["cluster"].to_numpy()
     sample = int(measure_params.get("silhouette_sample", 5000))
     with report.timed("silhouette"):
@@ -752,8 +781,9 @@ def review_clusters(con: duckdb.DuckDBPyConnection, params: ParamsVersion, store
 
     report = StageReport()
     cycle = latest_cycle_or_fail(con)
-    data = _labelled(con, cycle, model_id, with_text=True)
-    vectors = _vectors(data)
+    with report.timed("load"):
+        data = _labelled(con, cycle, model_id, with_text=True)
+        vectors = _all_vectors(con, data, model_id)
     labels = data["cluster"].to_numpy()
     metric_rows = wh.frame(con, "SELECT scope, cluster, metric, value FROM cluster_metrics WHERE cycle = ? AND setting = 'current'", [cycle])
     glob = {r["metric"]: r["value"] for r in metric_rows.filter(pl.col("scope") == "global").iter_rows(named=True)}
@@ -766,7 +796,7 @@ def review_clusters(con: duckdb.DuckDBPyConnection, params: ParamsVersion, store
                                 n_central=int(review_cfg.get("n_central", 5)), n_boundary=int(review_cfg.get("n_boundary", 3)))
         evidence = build_evidence(data, cards, per)
     with report.timed("dedup_evidence"):
-        dedup_ev = dedup_evidence(con, params.params.get("dedup") or {}, data)
+        dedup_ev = dedup_evidence(con, params.params.get("dedup") or {}, data, model_id)
     review_cfg.setdefault("cache_dir", str(cache_dir))
     reviewer = rv.make_reviewer(review_cfg)
     log(f"reviewing {len(evidence)} clusters with {getattr(reviewer, 'reviewer_id', type(reviewer).__name__)}")
@@ -814,11 +844,12 @@ def review_clusters(con: duckdb.DuckDBPyConnection, params: ParamsVersion, store
 
 
 def dedup_evidence(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], clustered: pl.DataFrame,
-                   n_pairs: int = 30, sample: int = 4000, margin: float = 0.1) -> Any:
+                   model_id: str, n_pairs: int = 30, sample: int = 4000, margin: float = 0.1) -> Any:
     """What the reviewer sees of dedup: thresholds, rows removed per kind, the ``n_pairs`` least
     similar pairs near and semantic dedup removed, and the ``n_pairs`` most similar pairs of kept
     rows that scored within ``margin`` below the semantic threshold. Near misses are searched among
-    up to ``sample`` of the clustered rows (``clustered``: row_id and vector), scored the way
+    up to ``sample`` of the clustered rows (``clustered``: row_id and text_hash; their ``model_id``
+    vectors are read for the sample), scored the way
     semantic dedup scores (hybrid: w x cosine + (1 - w) x MinHash Jaccard of the whole row)."""
     from purify_assets.core.dedup import REMOVING_KINDS, semantic_pairs
     from purify_assets.core.review import DedupEvidence
@@ -840,7 +871,7 @@ def dedup_evidence(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any],
         WHERE nth <= ? ORDER BY kind, similarity""", [n_pairs])
     misses: list[dict[str, Any]] = []
     if len(clustered) >= 2 and dedup_params.get("semantic", True):
-        rows = clustered.select("row_id", "vector")
+        rows = clustered.select("row_id", "text_hash")
         if len(rows) > sample:
             rows = rows.sort(pl.col("row_id").hash(7)).head(sample).sort("row_id")
         con.register("_sample", rows.select("row_id"))
@@ -850,7 +881,7 @@ def dedup_evidence(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any],
         finally:
             con.unregister("_sample")
         rows = rows.join(info, on="row_id", how="inner").sort("row_id")
-        x = _vectors(rows)
+        x = _all_vectors(con, rows, model_id)
         floor = max(0.0, (t - margin - (1 - w)) / w) if w > 0 else 1.0
         i, j, cos = semantic_pairs(x, floor, method="exact")
         score = cos.astype(np.float64)

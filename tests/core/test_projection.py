@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
 
-from purify_assets.core.projection import METHODS, fit_indices, knn_neighbours, knn_place, place, project
+from purify_assets.core.projection import METHODS, fit_indices, knn_neighbours, knn_place, place, project, rest_indices
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -213,3 +213,18 @@ def test_place_on_a_tiny_fit_uses_its_pca_and_checks_shapes(data):
         place(x[:4], y, x[4:6, :5], "tsne", 2)
     with pytest.raises(ValueError, match="unknown"):
         place(x[:4], y, x[4:6], "mds", 2)
+
+
+def test_project_takes_a_shared_neighbour_search_and_gives_the_same_map(data, tsne2):
+    """The projection stage searches the placement neighbours once for the 2-D and 3-D maps fitted on
+    the same rows; handing them to ``project`` changes nothing in the result."""
+    x, _ = data
+    fit = fit_indices(len(x), "tsne", fit_sample=80)
+    rest = rest_indices(len(x), fit)
+    np.testing.assert_array_equal(rest, np.setdiff1d(np.arange(len(x)), fit))
+    shared = knn_neighbours(x[fit], x, rows=rest)
+    alone = knn_neighbours(x[fit], x[rest])
+    np.testing.assert_array_equal(shared[0], alone[0])
+    np.testing.assert_allclose(project(x, "tsne", 2, seed=0, fit_sample=80, neighbours=shared), tsne2, atol=1e-6)
+    with pytest.raises(ValueError, match="neighbours cover 5 rows, but 120 rows lie outside"):
+        project(x, "tsne", 2, seed=0, fit_sample=80, neighbours=(shared[0][:5], shared[1][:5]))

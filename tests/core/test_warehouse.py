@@ -57,3 +57,48 @@ def test_lock_wait_has_a_limit_and_names_the_file(tmp_path):
 def test_read_only_open_of_missing_warehouse_is_clear(tmp_path):
     with pytest.raises(wh.WarehouseError, match="nothing has been materialized"):
         wh.open_connection(tmp_path / "none.duckdb", read_only=True)
+
+
+def test_matrix_from_query_fills_rows_by_position_in_batches(tmp_path):
+    import numpy as np
+
+    with wh.connect(tmp_path / "w.duckdb") as con:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((1000, 7)).astype(np.float32)
+        src = pl.DataFrame({"pos": np.arange(1000)[::-1] * 2, "v": pl.Series(x).cast(pl.List(pl.Float32))})
+        con.register("src", src)
+        # 1000 rows into 2000 slots, streamed in batches of 64 (not a multiple of anything here)
+        out, filled = wh.matrix_from_query(con, "SELECT pos, v FROM src WHERE pos % 3 <> 1", None, 2000, batch_rows=64)
+        keep = (src["pos"].to_numpy() % 3) != 1
+        assert out.dtype == np.float32 and out.shape == (2000, 7)
+        np.testing.assert_array_equal(out[src["pos"].to_numpy()[keep]], x[keep])
+        assert filled.sum() == keep.sum() and not filled[1::2].any()
+        assert not out[~filled].any()  # rows the query does not return stay zero
+        empty, none = wh.matrix_from_query(con, "SELECT pos, v FROM src WHERE false", None, 5)
+        assert empty.shape == (5, 0) and not none.any()
+        sig, _ = wh.matrix_from_query(con, "SELECT 0, [1, 2, 18446744073709551615]::UBIGINT[]", None, 1, np.uint64)
+        assert sig.tolist() == [[1, 2, 2**64 - 1]]  # unsigned 64-bit values pass through exactly
+
+
+def test_matrix_from_query_names_the_row_of_a_ragged_or_null_list(tmp_path):
+    with wh.connect(tmp_path / "w.duckdb") as con:
+        with pytest.raises(ValueError, match="row 2: a list of 2 values where the others have 3"):
+            wh.matrix_from_query(con, "SELECT * FROM (VALUES (0, [1.0, 2, 3]), (2, [1.0, 2])) t(p, v)", None, 3)
+        with pytest.raises(ValueError, match="row 1: the list is NULL"):
+            wh.matrix_from_query(con, "SELECT * FROM (VALUES (0, [1.0]), (1, NULL)) t(p, v)", None, 2)
+
+
+def test_connections_set_the_memory_limit_and_refuse_a_bad_one(tmp_path, monkeypatch):
+    path = tmp_path / "w.duckdb"
+    monkeypatch.delenv("PURIFY_DUCKDB_MEMORY_LIMIT", raising=False)
+    with wh.connect(path) as con:
+        # DuckDB's own default here would be 80 % of RAM; 1GB is printed in binary units
+        assert wh.scalar(con, "SELECT current_setting('memory_limit')") == "953.6 MiB"
+    monkeypatch.setenv("PURIFY_DUCKDB_MEMORY_LIMIT", "512MB")
+    with wh.connect(path, read_only=True) as con:
+        assert wh.scalar(con, "SELECT current_setting('memory_limit')") == "488.2 MiB"
+    monkeypatch.setenv("PURIFY_DUCKDB_MEMORY_LIMIT", "default")
+    assert wh.memory_limit_setting() is None
+    monkeypatch.setenv("PURIFY_DUCKDB_MEMORY_LIMIT", "1GB'; DROP TABLE cycles; --")
+    with pytest.raises(wh.WarehouseError, match="PURIFY_DUCKDB_MEMORY_LIMIT"):
+        wh.connect(path).__enter__()

@@ -9,6 +9,7 @@ import hashlib
 import json
 
 import numpy as np
+import polars as pl
 import pytest
 
 from purify_assets.core import warehouse as wh
@@ -90,6 +91,62 @@ def test_embedding_cache_reuses_vectors_across_runs_and_batches(home):
         assert wh.scalar(con, "SELECT count(*) FROM embeddings") == 120
         vec = wh.frame(con, "SELECT vector FROM embeddings LIMIT 1")["vector"][0]
         assert len(vec) == 64
+
+
+class FailingAfter(TrigramEmbedder):
+    """Embeds normally for ``ok_calls`` calls, then raises (a model server going away mid-batch)."""
+
+    def __init__(self, ok_calls):
+        super().__init__()
+        self.ok_calls = ok_calls
+
+    def embed(self, texts):
+        if self.calls >= self.ok_calls:
+            raise ConnectionError("embedding server went away")
+        return super().embed(texts)
+
+
+def test_a_large_batch_is_embedded_in_chunks_each_text_once_and_a_failure_keeps_finished_chunks(home):
+    rows = make_rows()  # 60 rows
+    rows += [dict(r) for r in rows[:15]]  # 15 exact repeats: the same texts again, later in the file
+    with wh.connect(home / "w.duckdb") as con:
+        batch, _ = archive_file(write_batch(home / "big.jsonl", rows), home / "archive")
+        ingest_batch(con, batch)
+        clean_batch(con, batch.batch_key, DEFAULT_PARAMS["clean"], "instruction")
+        n_rows = wh.scalar(con, "SELECT count(*) FROM clean_rows")
+        n_texts = wh.scalar(con, "SELECT count(DISTINCT text_hash) FROM clean_rows")
+        assert n_rows == 75 and n_texts == 60
+        # chunks of 8 rows, 4 texts per model call: the third call fails, after the first chunk committed
+        failing = FailingAfter(ok_calls=2)
+        with pytest.raises(ConnectionError):
+            embed_batch(con, batch.batch_key, failing, chunk_texts=4, chunk_rows=8, response_vectors=False)
+        # the first chunk (8 rows, stretched to keep a text's repeats together; its texts in 2 calls) is
+        # stored, every repeat of its texts included; the failed chunk left nothing
+        kept = wh.frame(con, "SELECT text_hash, count(*) AS n FROM embeddings GROUP BY text_hash")
+        assert failing.calls == 2 and 0 < len(kept) == failing.texts_embedded < n_texts
+        per_text = wh.frame(con, "SELECT text_hash, count(*) AS n FROM clean_rows GROUP BY text_hash")
+        assert kept.join(per_text, on="text_hash", suffix="_all").filter(pl.col("n") != pl.col("n_all")).is_empty()
+        emb = TrigramEmbedder()
+        report = embed_batch(con, batch.batch_key, emb, chunk_texts=4, chunk_rows=8, response_vectors=False)
+        assert report.counts["rows_kept_from_before"] == kept["n"].sum() >= 8
+        # every distinct text embedded once across both runs: repeats sit in one chunk, never twice
+        assert failing.texts_embedded + emb.texts_embedded == n_texts
+        assert report.counts["embedded"] == emb.texts_embedded
+        assert report.counts["embedded"] + report.counts["cache_hits"] == report.counts["unique_texts"] == n_texts
+        stored = wh.frame(con, "SELECT e.row_id, e.vector, c.text FROM embeddings e JOIN clean_rows c USING (row_id, text_hash)")
+        assert len(stored) == n_rows and stored["row_id"].n_unique() == n_rows
+        expected = TrigramEmbedder().embed(stored["text"].to_list())
+        np.testing.assert_allclose(np.array(stored["vector"].to_list(), dtype=np.float32), expected, atol=1e-6)
+        assert report.checks["every_row_has_a_vector"][0]
+        # a second batch repeating 10 of these instructions with new answers: the instruction vectors
+        # are copied inside the warehouse, only the new answers are embedded (as response vectors)
+        second = TrigramEmbedder()
+        key2, rep2 = load(con, home, "copy.jsonl", [dict(r, output=r["output"] + " (v2)") for r in rows[:10]], second)
+        assert rep2.counts["rows_copied_from_cache"] == 10 and rep2.counts["embedded"] == 0
+        assert second.texts_embedded == rep2.counts["response.embedded"] > 0
+        again = embed_batch(con, key2, second)  # re-materialized: every row kept, nothing embedded or copied
+        assert again.counts["rows_kept_from_before"] == 10 and again.counts["rows_copied_from_cache"] == 0
+        assert again.counts["embedded"] == again.counts["response.embedded"] == 0
 
 
 def test_dedup_is_incremental_and_matches_a_full_run(home):
