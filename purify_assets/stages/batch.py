@@ -292,6 +292,7 @@ def _embed_into(con: duckdb.DuckDBPyConnection, batch_id: str, table: str, wante
     embedded = 0
     started = time.perf_counter()
     embed_seconds = 0.0
+    last_log, log_every = started, 10.0
     lo = 0
     while lo < len(rest):
         hi = min(lo + chunk_rows, len(rest))
@@ -301,9 +302,16 @@ def _embed_into(con: duckdb.DuckDBPyConnection, batch_id: str, table: str, wante
         unique = chunk.unique("text_hash", keep="first", maintain_order=True)
         texts = unique["text"].to_list()
         t0 = time.perf_counter()
+        parts = []
         with report.timed(f"embed_{label}"):
-            vectors = np.vstack([np.asarray(embedder.embed(texts[i:i + chunk_texts]), dtype=np.float32)
-                                 for i in range(0, len(texts), chunk_texts)])
+            for i in range(0, len(texts), chunk_texts):
+                parts.append(np.asarray(embedder.embed(texts[i:i + chunk_texts]), dtype=np.float32))
+                if time.perf_counter() - last_log >= log_every:  # a slow model still reports every ~10 s
+                    last_log = time.perf_counter()
+                    now = embedded + min(i + chunk_texts, len(texts))
+                    log(f"{label}: {now:,} texts embedded ({now / max(embed_seconds + last_log - t0, 1e-9):,.0f} texts/s), "
+                        f"{lo:,}/{len(rest):,} rows stored")
+            vectors = np.vstack(parts)
         embed_seconds += time.perf_counter() - t0
         embedded += len(texts)
         rows = chunk.select("row_id", "text_hash").join(unique.select("text_hash").with_row_index("_u"), on="text_hash",

@@ -803,12 +803,15 @@ def review_clusters(con: duckdb.DuckDBPyConnection, params: ParamsVersion, store
     with report.timed("review"):
         outcome = reviewer.review(evidence, glob, dedup=dedup_ev)
     review = outcome.review
+    # what each cluster's review cost: source (model, cache, offline, fallback), tokens, cost, requests
+    spent = {int(u["cluster"]): {k: v for k, v in u.items() if k != "cluster"} for u in outcome.per_cluster if "cluster" in u}
     rows = []
     for c in review["clusters"]:
+        stored = dict(c, usage=spent.get(int(c["cluster"]), {}))
         rows.append((cycle, "cluster", int(c["cluster"]), c.get("name"), c.get("task_type"), c.get("quality"), c.get("verdict"),
                      c.get("merge_with"), json.dumps(c.get("reasons", []), ensure_ascii=False),
                      json.dumps(c.get("problem_row_ids", []), ensure_ascii=False), outcome.reviewer_id, outcome.prompt_hash,
-                     json.dumps(c, ensure_ascii=False)))
+                     json.dumps(stored, ensure_ascii=False)))
     g = review["global"]
     rows.append((cycle, "global", None, None, None, None, g.get("k_recommendation"), None,
                  json.dumps(g.get("reasons", []), ensure_ascii=False), "[]", outcome.reviewer_id, outcome.prompt_hash,
@@ -830,6 +833,13 @@ def review_clusters(con: duckdb.DuckDBPyConnection, params: ParamsVersion, store
                          k_recommendation=str(g.get("k_recommendation")), next_state=decision["state"],
                          proposed_version=decision["version"] or 0, note=decision["note"])
     report.values.update({f"usage.{k}": v for k, v in (outcome.usage or {}).items() if isinstance(v, (int, float))})
+    if spent:
+        report.markdown["usage_per_cluster"] = wh.markdown_table(pl.DataFrame(
+            [{"cluster": c, "source": u.get("source"), "prompt_tokens": u.get("prompt_tokens", 0),
+              "completion_tokens": u.get("completion_tokens", 0), "cost_usd": u.get("cost_usd"),
+              "requests": u.get("requests", 0)} for c, u in sorted(spent.items())],
+            schema={"cluster": pl.Int64, "source": pl.String, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64,
+                    "cost_usd": pl.Float64, "requests": pl.Int64}), max_rows=60)
     report.markdown["reviews"] = wh.markdown_table(frame.filter(pl.col("scope") == "cluster").select(
         "cluster", "name", "task_type", "quality", "verdict", "merge_with", "reasons"), max_rows=60, max_chars=120)
     report.markdown["global"] = "\n".join(f"- {r}" for r in g.get("reasons", [])) or "_no reasons given_"

@@ -540,3 +540,40 @@ def test_hybrid_auto_picks_the_search_by_the_jaccard_bound(monkeypatch):
         d.hybrid_pairs(x, sig, 0.85, 0.5, candidates="ann")
     with pytest.raises(ValueError, match="normalized"):
         d.hybrid_pairs(x * 2, sig, 0.85, 0.5)
+
+
+def test_minhash_estimates_jaccard_as_well_as_datasketch_on_the_same_shingles():
+    """purify hashes shingles itself (vectorized, 7x datasketch's rate on NSMC, bench/bench_dedup.py);
+    its Jaccard estimates must be as good as the maintained library's on the same shingle sets."""
+    from datasketch import MinHash
+
+    from purify_assets.core.dedup import minhash_signatures, normalize_for_shingles
+
+    rng = np.random.default_rng(7)
+    syllables = [chr(c) for c in range(0xAC00, 0xAC00 + 400)]
+    truth, ours, peer = [], [], []
+    for k in range(40):
+        base = "".join(rng.choice(syllables, size=60))
+        chars = list(base)
+        for pos in rng.choice(60, size=int(k * 1.5), replace=False):  # 0 .. 58 syllables changed
+            chars[pos] = rng.choice(syllables)
+        a, b = base, "".join(chars)
+        sig = minhash_signatures([a, b], num_perm=128, shingle="char", char_ngram=3)
+        ours.append(float((sig[0] == sig[1]).mean()))
+        sets = []
+        for t in (a, b):
+            norm = normalize_for_shingles(t)
+            sets.append({norm[i:i + 3] for i in range(len(norm) - 2)})
+        truth.append(len(sets[0] & sets[1]) / len(sets[0] | sets[1]))
+        m = [MinHash(num_perm=128, seed=1) for _ in range(2)]
+        for mh, shingles in zip(m, sets):
+            for s in shingles:
+                mh.update(s.encode("utf-8"))
+        peer.append(float(m[0].jaccard(m[1])))
+    truth, ours, peer = map(np.asarray, (truth, ours, peer))
+    assert truth.min() < 0.1 and truth.max() == 1.0  # the pairs span the whole range
+    err_ours, err_peer = np.abs(ours - truth), np.abs(peer - truth)
+    # 128 permutations: the standard error is at most 0.044; both stay well inside it on average
+    assert err_ours.mean() < 0.025 and err_peer.mean() < 0.025  # measured: 0.016 and 0.018
+    assert err_ours.max() < 0.1 and err_ours.mean() < err_peer.mean() + 0.005
+    assert np.corrcoef(ours, peer)[0, 1] > 0.98

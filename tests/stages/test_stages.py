@@ -264,9 +264,16 @@ def test_openai_embeddings_and_reviews_through_the_stages(home, monkeypatch):
             measure_clusters(con, pv.params["measure"], embedder.model_id)
             review = review_clusters(con, pv, store, embedder.model_id, home / "cache")
             names = [r[0] for r in wh.run(con, "SELECT name FROM cluster_reviews WHERE scope = 'cluster' ORDER BY cluster")]
+            stored_reviews = wh.run(con, "SELECT review_json FROM cluster_reviews WHERE scope = 'cluster' ORDER BY cluster")
         assert names == ["model name 0", "model name 1", "model name 2"]
         assert review.values["reviewer"] == "openai:gpt-test" and review.counts["failures"] == 0
         assert len(chat_srv.requests) == 4  # three clusters and the global question
+        # what each cluster's review cost is kept with it and shown in the metadata
+        per = [json.loads(r[0])["usage"] for r in stored_reviews]
+        assert [u["source"] for u in per] == ["openai"] * 3 and all(u["requests"] == 1 for u in per)
+        assert all(u["prompt_tokens"] > 0 and u["completion_tokens"] > 0 for u in per)
+        assert sum(u["prompt_tokens"] for u in per) < review.values["usage.prompt_tokens"]  # + the global question
+        assert review.markdown["usage_per_cluster"].count("| openai |") == 3
     nxt = store.current()
     assert nxt.version == pv.version + 1 and nxt.source == "review" and nxt.params["cluster"]["k"] == 4
     assert review.values["next_state"] == "applied"
