@@ -87,8 +87,16 @@ def _signatures(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, num_perm: in
     if sig.shape[1] != num_perm:
         sig = np.zeros((len(keys), num_perm), dtype=np.uint64)  # nothing cached yet
     missing_pos = np.flatnonzero(~found)
-    missing = rows.select("row_hash", "full_text").with_row_index("_pos")[missing_pos] if len(missing_pos) else None
-    unique = missing.unique("row_hash", keep="first", maintain_order=True) if missing is not None else None
+    missing = rows.select("row_hash").with_row_index("_pos")[missing_pos] if len(missing_pos) else None
+    unique = None
+    if missing is not None:
+        # the whole row's text (what near dedup compares) for each row hash never hashed before
+        con.register("_sig_missing", missing.select("row_hash").unique())
+        try:
+            unique = wh.frame(con, "SELECT c.row_hash, min(concat_ws(chr(10), c.instruction, c.input, c.output)) AS full_text "
+                                   "FROM clean_rows c JOIN _sig_missing USING (row_hash) GROUP BY c.row_hash ORDER BY c.row_hash")
+        finally:
+            con.unregister("_sig_missing")
     report.counts["near.signatures_cached"] = int(rows["row_hash"].gather(np.flatnonzero(found)).n_unique()) if found.any() else 0
     report.counts["near.signatures_computed"] = 0 if unique is None else len(unique)
     if unique is not None and len(unique):
@@ -116,18 +124,17 @@ def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], mod
     from purify_assets.core import dedup
 
     report = StageReport()
+    # keys only: texts are read where a step needs them (hashing new rows, conflicts), so that at 1.7M
+    # rows the frame stays small beside the vectors and signatures
     rows = wh.frame(con, """
-        SELECT c.row_id, c.row_hash, c.text_hash, c.instruction, coalesce(c.input, '') AS input, c.output,
-               concat_ws(chr(10), c.instruction, c.input, c.output) AS full_text,
-               coalesce(length(c.output), 0) AS response_length, e.row_id IS NOT NULL AS has_vector
+        SELECT c.row_id, c.row_hash, c.text_hash, coalesce(length(c.output), 0) AS response_length,
+               e.row_id IS NOT NULL AS has_vector
         FROM clean_rows c LEFT JOIN embeddings e ON e.row_id = c.row_id AND e.text_hash = c.text_hash AND e.model_id = ?
         ORDER BY c.row_id""", [model_id])
     n = len(rows)
     # vectors of the rows that have one, in row order; ``vector_pos`` is each row's index into them
     rows = rows.with_columns(pl.when(pl.col("has_vector")).then(pl.col("has_vector").cast(pl.Int64).cum_sum() - 1)
                              .otherwise(None).alias("vector_pos"))
-    with report.timed("load_vectors"):
-        vectors, _ = _vector_matrix(con, rows.filter(pl.col("has_vector")), model_id)
     config = _dedup_config(dedup_params, model_id)
     ids = rows["row_id"].to_list()
     lengths = rows["response_length"].to_list()
@@ -167,6 +174,10 @@ def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], mod
                 frames.append(dedup.near_duplicates(ids, sigs, threshold=float(dedup_params.get("near_threshold", 0.8)),
                                                     num_perm=num_perm, response_lengths=lengths, new_mask=new_mask,
                                                     previous_sets=prev("near")))
+    vectors = np.zeros((0, 0), dtype=np.float32)
+    if n and (dedup_params.get("semantic", True) or dedup_params.get("conflicts", True)):
+        with report.timed("load_vectors"):
+            vectors, _ = _vector_matrix(con, rows.filter(pl.col("has_vector")), model_id)
     if n and dedup_params.get("semantic", True):
         has_vec = rows["has_vector"].to_numpy()
         every = bool(has_vec.all())
@@ -193,6 +204,7 @@ def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], mod
     if n and dedup_params.get("conflicts", True):
         with report.timed("conflicts"):
             frames.append(_conflict_sets(con, rows, vectors, dedup_params, model_id, embedded_text, report))
+    del vectors, sigs  # the largest arrays of the stage: gone before the sets are combined and stored
     frames = [f for f in frames if f is not None and len(f)]
     sets = dedup.combine_sets(*frames).select(dedup.DEDUP_COLUMNS) if frames else None
     state_now = rows.select("row_id", "row_hash", "text_hash").with_columns(pl.lit(config).alias("config"))
@@ -236,7 +248,10 @@ def _conflict_sets(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, vectors: 
     are the row vectors, ``rows["vector_pos"]`` each row's index into them (null: no vector)."""
     from purify_assets.core import dedup
 
-    answered = rows.filter(pl.col("output").str.strip_chars().str.len_chars() > 0)
+    answered = wh.frame(con, "SELECT row_id, instruction, coalesce(input, '') AS input, output FROM clean_rows "
+                             "WHERE output IS NOT NULL AND output <> '' ORDER BY row_id")
+    answered = answered.filter(pl.col("output").str.strip_chars().str.len_chars() > 0).join(
+        rows.select("row_id", "response_length", "vector_pos"), on="row_id", how="inner", maintain_order="left")
     report.counts["conflicts.rows_with_a_response"] = len(answered)
     if len(answered) < 2:
         return None
