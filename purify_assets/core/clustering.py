@@ -238,7 +238,9 @@ def label_means(x: np.ndarray, labels: np.ndarray, n_clusters: int, chunk: int =
         onehot = sparse.csr_matrix(
             (np.ones(len(rows), dtype=np.float32), (rows, np.arange(len(rows)))), shape=(n_clusters, len(rows))
         )
-        sums += onehot @ x[s : s + chunk][keep].astype(np.float64)
+        # float32 products per chunk (no float64 copy of the rows: that copy was most of the time),
+        # summed across chunks in float64
+        sums += np.asarray(onehot @ np.asarray(x[s : s + chunk][keep], dtype=np.float32), dtype=np.float64)
         counts += np.bincount(rows, minlength=n_clusters)
     return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
 

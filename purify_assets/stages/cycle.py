@@ -612,35 +612,45 @@ def _sweep_settings(measure_params: dict[str, Any], silhouette_sample: int) -> d
 
 def _reusable_sweep(con: duckdb.DuckDBPyConnection, data: pl.DataFrame, config: str, ks: list[int],
                     refit_share: float) -> dict[str, Any]:
-    """The last computed k sweep, when it still describes the rows of ``data`` (row_id, text_hash):
-    same model and sweep settings (``config``), every k of ``ks`` in it, and at most ``refit_share``
-    of the rows it saw new, changed or gone. Returns {"results": [per k] or None, "from_cycle", "reason"}."""
+    """What of the last k sweep still describes the rows of ``data`` (row_id, text_hash): it must
+    have the same model and sweep settings (``config``), and at most ``refit_share`` of the rows it
+    saw may be new, changed or gone. Each k's figures are independent of the other ks (same sample
+    and seeds), so the ks it tried are reused and only the others of ``ks`` need computing.
+    Returns {"results": {k: figures} or None, "missing": [ks], "from_cycle", "reason"}."""
     state = wh.frame(con, "SELECT config, fit_cycle, rows_at_fit, row_id, text_hash FROM fit_state WHERE stage = 'k_sweep'")
+    none: dict[str, Any] = {"results": None, "missing": list(ks), "from_cycle": None}
     if state.is_empty():
-        return {"results": None, "from_cycle": None, "reason": "no earlier k sweep"}
+        return dict(none, reason="no earlier k sweep")
     if state["config"].n_unique() != 1 or state["config"][0] != config:
-        return {"results": None, "from_cycle": None, "reason": "the sweep settings or the embedding model changed"}
+        return dict(none, reason="the sweep settings or the embedding model changed")
     from_cycle, rows_at = int(state["fit_cycle"][0]), int(state["rows_at_fit"][0])
     same = len(data.select("row_id", "text_hash").join(state.select("row_id", "text_hash"), on=["row_id", "text_hash"], how="semi"))
     changed = (len(data) - same) + (rows_at - same)
     share = changed / max(rows_at, 1)
-    out: dict[str, Any] = {"results": None, "from_cycle": from_cycle, "changed_share": share}
+    out: dict[str, Any] = dict(none, from_cycle=from_cycle, changed_share=share)
     if share > refit_share:
         return dict(out, reason=f"{changed:,} rows new, changed or gone since the sweep of cycle {from_cycle}: {share:.1%} "
                                 f"of its {rows_at:,} rows, above measure.sweep_refit_share {refit_share:.0%}")
-    stored = wh.frame(con, "SELECT setting, metric, value FROM cluster_metrics WHERE cycle = ? AND scope = 'sweep'", [from_cycle])
+    # every k computed since that sweep (same settings: a change of settings starts a new sweep), each
+    # from the latest cycle that wrote it
+    stored = wh.frame(con, """
+        SELECT setting, metric, value FROM cluster_metrics m
+        WHERE scope = 'sweep' AND cycle = (SELECT max(cycle) FROM cluster_metrics o
+                                           WHERE o.scope = 'sweep' AND o.setting = m.setting AND o.cycle >= ?)""", [from_cycle])
     by_k: dict[int, dict[str, Any]] = {}
     for setting, metric, value in stored.iter_rows():
         if setting.startswith("k="):
             k = int(setting[2:])
             by_k.setdefault(k, {})[metric] = value
+    found = {k: dict(by_k[k], k=k) for k in ks if k in by_k}
     missing = [k for k in ks if k not in by_k]
+    if not found:
+        return dict(out, reason=f"the sweep of cycle {from_cycle} tried none of k = {', '.join(map(str, ks))}")
+    reason = (f"{changed:,} rows new, changed or gone since the sweep of cycle {from_cycle}: {share:.1%} of its "
+              f"{rows_at:,} rows, within measure.sweep_refit_share {refit_share:.0%}")
     if missing:
-        return dict(out, reason=f"the sweep of cycle {from_cycle} did not try k = {', '.join(map(str, missing))}")
-    results = [dict(by_k[k], k=k) for k in ks]
-    return dict(out, results=results,
-                reason=f"{changed:,} rows new, changed or gone since the sweep of cycle {from_cycle}: {share:.1%} of its "
-                       f"{rows_at:,} rows, within measure.sweep_refit_share {refit_share:.0%}")
+        reason += f"; k = {', '.join(map(str, missing))} not tried before, computed now"
+    return dict(out, results=found, missing=missing, reason=reason)
 
 
 def measure_clusters(con: duckdb.DuckDBPyConnection, measure_params: dict[str, Any], model_id: str,
@@ -686,29 +696,40 @@ def measure_clusters(con: duckdb.DuckDBPyConnection, measure_params: dict[str, A
         config = _fit_config("k_sweep", settings, model_id)
         with report.timed("k_sweep_check"):
             found = _reusable_sweep(con, data, config, sweep, float(measure_params.get("sweep_refit_share", 0.2)))
-        if found["results"] is not None:
-            results, from_cycle = found["results"], int(found["from_cycle"])
-            log(f"k sweep over {sweep}: reusing the sweep of cycle {from_cycle} ({found['reason']})")
+        reused = found["results"] or {}
+        todo = found["missing"]
+        if reused:
+            log(f"k sweep over {sweep}: reusing k = {sorted(reused)} from the sweep of cycle {found['from_cycle']} ({found['reason']})")
         else:
             log(f"k sweep over {sweep} on at most {settings['sweep_sample']:,} rows ({found['reason']})")
+        computed: list[dict[str, Any]] = []
+        if todo:
             with report.timed("k_sweep"):
                 # a sweep only has to rank ks: sampled rows, two stability runs (one K-means restart picked
                 # k = 7 on 8 clean blobs, so restarts stay at the clustering default)
                 threads = measure_params.get("sweep_threads", 1)  # speed only: one thread does not spin on busy cores
-                results = k_sweep(vectors, sweep, seed=settings["seed"], sample_size=settings["sweep_sample"],
-                                  silhouette_sample=settings["silhouette_sample"], n_runs=settings["stability_runs"],
-                                  threads=int(threads) if threads else None)
-            from_cycle = cycle
+                computed = k_sweep(vectors, todo, seed=settings["seed"], sample_size=settings["sweep_sample"],
+                                   silhouette_sample=settings["silhouette_sample"], n_runs=settings["stability_runs"],
+                                   threads=int(threads) if threads else None)
+            for item in computed:
+                item["sweep_from_cycle"] = cycle
+        if not reused:  # a fresh sweep: the rows it saw are the reference for the next cycles
             n = len(data)
             sweep_state = pl.DataFrame({
                 "stage": ["k_sweep"] * n, "config": [config] * n, "fit_cycle": pl.Series([cycle] * n, dtype=pl.Int32),
                 "rows_at_fit": pl.Series([n] * n, dtype=pl.Int64), "row_id": data["row_id"], "text_hash": data["text_hash"],
                 "since_fit": pl.Series([False] * n, dtype=pl.Boolean)})
+        by_k_all = {int(r["k"]): r for r in computed}
+        for k, item in reused.items():
+            item.setdefault("sweep_from_cycle", found["from_cycle"])
+            by_k_all[k] = item
+        results = [by_k_all[k] for k in sweep]
+        from_cycle = min(int(r["sweep_from_cycle"]) for r in results)
         for item in results:
-            item["sweep_from_cycle"] = from_cycle
             rows += _long_metrics(cycle, "sweep", f"k={item['k']}", None, item, params_hash)
-        report.values.update(k_sweep_mode="computed" if sweep_state is not None else "reused",
-                             k_sweep_reason=found["reason"], sweep_from_cycle=from_cycle)
+        mode = "computed" if not reused else ("reused" if not todo else "partly reused")
+        report.values.update(k_sweep_mode=mode, k_sweep_reason=found["reason"], sweep_from_cycle=from_cycle)
+        report.counts.update(k_sweep_ks_reused=len(reused), k_sweep_ks_computed=len(computed))
         if found.get("changed_share") is not None:
             report.values["k_sweep_changed_share"] = round(float(found["changed_share"]), 4)
         best = best_k(results)

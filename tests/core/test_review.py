@@ -734,3 +734,24 @@ def test_openai_global_request_shows_dedup_pairs_redacted_and_its_recommendation
     assert out.review["global"]["dedup_recommendation"]["value"] == 0.9
     new, _ = propose_params(out.review, {"cluster": {"algorithm": "kmeans", "k": 3}, "dedup": {"semantic_threshold": 0.85}})
     assert new["dedup"]["semantic_threshold"] == 0.9
+
+
+def test_task_cue_shares_count_like_python_substring_tests():
+    texts = ["이 글을 요약해 주세요", "Please SUMMARIZE this", "Translate into Korean: hello", None, "",
+             "请把这段话翻译成英文", "Write a poem (시를 써 줘)", "빈칸 [MASK] 채우기", "plain text", "İstanbul code"] * 7
+    low = [(t or "").lower() for t in texts]
+    expected = {task: sum(1 for t in low if any(c in t for c in cues)) / len(texts) for task, cues in R.TASK_CUES}
+    got = R.task_cue_shares(texts, min_share=0.0)
+    assert got == {task: round(v, 4) for task, v in expected.items()}
+    assert got["summarization"] == round(2 / 10, 4) and got["translation"] == round(2 / 10, 4)
+
+
+def test_cluster_top_terms_from_a_sample_of_a_large_cluster_match_the_full_count():
+    rng = random.Random(3)
+    words = [f"term{i:02d}" for i in range(40)]
+    big = [" ".join(["summarize"] * (i % 2 == 0) + rng.sample(words[:10], 3) + ["report", "quarterly"]) for i in range(12000)]
+    small = [" ".join(rng.sample(words[20:], 4) + ["translate", "korean"]) for _ in range(800)]
+    full = cluster_top_terms({0: big, 1: small}, 3, max_texts=None)
+    sampled = cluster_top_terms({0: big, 1: small}, 3, max_texts=2000)
+    assert sampled == full
+    assert full[0] == ["quarterly", "report", "summarize"] and full[1][:2] == ["korean", "translate"]

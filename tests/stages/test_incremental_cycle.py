@@ -204,14 +204,24 @@ def test_the_k_sweep_is_recomputed_when_settings_ks_or_rows_change(home):
         cy.land(make_rows())
         cy.run()
         measure = cy.pv.params["measure"]
-        # more ks than the stored sweep tried
+        sweep = "SELECT setting, metric, value FROM cluster_metrics WHERE cycle = ? AND scope = 'sweep' AND setting <> 'k=6' " \
+                "AND metric <> 'seconds' ORDER BY ALL"
+        # more ks than the stored sweep tried (a review moved k): only the new k is computed
         _, report = cy.run(measure=dict(measure, k_sweep=[2, 3, 4, 5, 6]))
-        assert report.values["k_sweep_mode"] == "computed" and "did not try k = 6" in report.values["k_sweep_reason"]
-        assert report.values["sweep_from_cycle"] == 2
+        assert report.values["k_sweep_mode"] == "partly reused" and "k = 6 not tried before" in report.values["k_sweep_reason"]
+        assert report.counts["k_sweep_ks_reused"] == 4 and report.counts["k_sweep_ks_computed"] == 1
+        assert report.values["sweep_from_cycle"] == 1
+        assert wh.frame(con, sweep, [2]).equals(wh.frame(con, sweep, [1]))  # k = 2..5 as computed in cycle 1
+        origin = dict(wh.run(con, "SELECT setting, value FROM cluster_metrics WHERE cycle = 2 AND scope = 'sweep' "
+                                  "AND metric = 'sweep_from_cycle'"))
+        assert origin == {"k=2": 1.0, "k=3": 1.0, "k=4": 1.0, "k=5": 1.0, "k=6": 2.0}
         # fewer ks: covered by the stored sweep
         _, report = cy.run(measure=dict(measure, k_sweep=[3, 4]))
-        assert report.values["k_sweep_mode"] == "reused" and report.values["sweep_from_cycle"] == 2
+        assert report.values["k_sweep_mode"] == "reused" and report.values["sweep_from_cycle"] == 1
         assert wh.scalar(con, "SELECT count(DISTINCT setting) FROM cluster_metrics WHERE cycle = 3 AND scope = 'sweep'") == 2
+        # k = 6 was computed in cycle 2, not in cycle 3: still found
+        _, report = cy.run(measure=dict(measure, k_sweep=[2, 6]))
+        assert report.values["k_sweep_mode"] == "reused" and report.counts["k_sweep_ks_computed"] == 0
         # other sweep settings
         _, report = cy.run(measure=dict(measure, sweep_stability_runs=3))
         assert report.values["k_sweep_mode"] == "computed" and "settings" in report.values["k_sweep_reason"]
@@ -219,4 +229,4 @@ def test_the_k_sweep_is_recomputed_when_settings_ks_or_rows_change(home):
         cy.land(fresh_rows("many", 20))
         _, report = cy.run(measure=dict(measure, sweep_stability_runs=3))
         assert report.values["k_sweep_mode"] == "computed" and "sweep_refit_share" in report.values["k_sweep_reason"]
-        assert report.values["sweep_from_cycle"] == 5
+        assert report.values["sweep_from_cycle"] == 6
