@@ -102,3 +102,47 @@ def test_connections_set_the_memory_limit_and_refuse_a_bad_one(tmp_path, monkeyp
     monkeypatch.setenv("PURIFY_DUCKDB_MEMORY_LIMIT", "1GB'; DROP TABLE cycles; --")
     with pytest.raises(wh.WarehouseError, match="PURIFY_DUCKDB_MEMORY_LIMIT"):
         wh.connect(path).__enter__()
+
+
+def test_matrix_by_rowid_reads_the_named_rows_in_one_scan(tmp_path):
+    import numpy as np
+
+    with wh.connect(tmp_path / "w.duckdb") as con:
+        rng = np.random.default_rng(1)
+        x = rng.standard_normal((300, 5)).astype(np.float32)
+        con.register("src", pl.DataFrame({"id": np.arange(300), "v": pl.Series(x).cast(pl.List(pl.Float32))}))
+        wh.run(con, "CREATE TABLE t AS SELECT * FROM src")
+        wh.run(con, "DELETE FROM t WHERE id % 7 = 0")  # gaps in the rowids
+        got = con.sql("SELECT id, rowid AS rid FROM t WHERE id % 2 = 1").fetchnumpy()
+        order = np.argsort(-got["id"])  # ask for them in another order than the table's
+        out, filled = wh.matrix_by_rowid(con, "t", "v", got["rid"][order], np.arange(len(order)), len(order) + 3,
+                                         batch_rows=16)
+        np.testing.assert_array_equal(out[:len(order)], x[got["id"][order]])
+        assert filled[:len(order)].all() and not filled[len(order):].any()
+        with pytest.raises(wh.WarehouseError, match="plain table"):
+            wh.matrix_by_rowid(con, "t; DROP TABLE t", "v", got["rid"], np.arange(len(got["rid"])), 5)
+
+
+def test_vector_matrix_gives_the_same_rows_through_the_scan_and_through_the_join(tmp_path):
+    import numpy as np
+
+    from purify_assets.stages.cycle import _vector_matrix
+
+    with wh.connect(tmp_path / "w.duckdb") as con:
+        rng = np.random.default_rng(2)
+        x = rng.standard_normal((90, 4)).astype(np.float32)
+        frame = pl.DataFrame({"batch_id": ["b"] * 90, "row_id": [f"r{i:03d}" for i in range(90)],
+                              "model_id": ["m" if i % 3 else "other" for i in range(90)],
+                              "text_hash": [f"h{i}" for i in range(90)], "vector": pl.Series(x).cast(pl.List(pl.Float32))})
+        wh.insert_frame(con, "embeddings", frame)
+        keys = frame.select("row_id", "text_hash")[::-1]  # every row, newest first; a third is another model's
+        many, found = _vector_matrix(con, keys, "m")  # 60 of 90 rows wanted: one scan by rowid
+        few, found_few = _vector_matrix(con, keys.head(20), "m")  # 13 of 90: through the join
+        mine = np.array([i % 3 != 0 for i in range(90)][::-1])
+        np.testing.assert_array_equal(found, mine)
+        np.testing.assert_array_equal(many[found], x[::-1][mine])
+        assert not many[~found].any()
+        np.testing.assert_array_equal(few, many[:20])
+        np.testing.assert_array_equal(found_few, found[:20])
+        stale = keys.with_columns(pl.lit("changed").alias("text_hash"))  # a row whose text changed has no vector
+        assert not _vector_matrix(con, stale, "m")[1].any()
