@@ -81,6 +81,10 @@ class ClusterParams:
         clustering; this is a reduction for clustering, not a picture).
     umap_metric: UMAP input metric. Default "cosine".
     fit_sample: fit on at most this many rows and assign the rest. Default 50000.
+    refit_share: read by the cycle's clustering stage, not by ``fit_clusters``: while at most this
+        share of the rows a K-means fit was made on are new, assigned since or gone, and nothing
+        else changed, the next cycle keeps the fit (old rows keep their labels, new rows go to the
+        nearest stored centre: ``assign_to_centers``) instead of refitting. Default 0.2.
     eps: DBSCAN radius. Default None: chosen at the knee of the sorted k-distance curve
         (distance of a point to its ``min_samples``-th neighbour, itself counted as DBSCAN does),
         measured for up to ``eps_sample`` query points against the whole fit sample.
@@ -104,6 +108,7 @@ class ClusterParams:
     umap_min_dist: float = 0.0
     umap_metric: str = "cosine"
     fit_sample: int = 50000
+    refit_share: float = 0.2
     eps: float | None = None
     eps_sample: int = 5000
     min_samples: int | None = None
@@ -220,6 +225,21 @@ def nearest_centers(x: np.ndarray, centers: np.ndarray, chunk: int = CHUNK) -> t
         d1[s : s + len(xb)] = np.sqrt(np.where(swap, b, a))
         d2[s : s + len(xb)] = np.sqrt(np.where(swap, a, b))
     return idx, d1, d2
+
+
+def assign_to_centers(vectors: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and strengths for rows placed onto an existing K-means fit: the nearest centre, and
+    the strength ``fit_clusters`` gives K-means members (1 at the centre, 0 on the boundary with the
+    second-nearest centre)."""
+    x = _as_matrix(vectors)
+    c = np.asarray(centers, dtype=np.float32)
+    if len(x) == 0:
+        return np.zeros(0, np.int32), np.zeros(0, np.float32)
+    if c.ndim != 2 or len(c) == 0 or c.shape[1] != x.shape[1]:
+        raise ValueError(f"centres of shape {c.shape} do not fit rows of dimension {x.shape[1]}")
+    idx, d1, d2 = nearest_centers(x, c)
+    strength = 1.0 - d1 / max(float(d1.max()), 1e-12) if len(c) == 1 else 1.0 - d1 / np.maximum(d2, 1e-12)
+    return idx.astype(np.int32), np.clip(strength, 0.0, 1.0).astype(np.float32)
 
 
 def label_means(x: np.ndarray, labels: np.ndarray, n_clusters: int, chunk: int = CHUNK) -> np.ndarray:

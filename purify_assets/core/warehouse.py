@@ -55,7 +55,7 @@ TABLE_DDL: dict[str, str] = {
     "projections": """
         cycle INTEGER, row_id VARCHAR, method VARCHAR, dims INTEGER, x FLOAT, y FLOAT, z FLOAT, cluster INTEGER""",
     # What a reusable fit was computed on, so the next cycle can tell whether to keep or redo it:
-    # stage 'projections' (rows at the last projection fit, and rows placed onto it since) or
+    # stage 'projections' or 'clusters' (rows at the last fit, and rows placed onto it since) or
     # 'k_sweep' (rows the last computed k sweep saw). One row per (stage, row); config hashes the
     # model and the parameters the fit depends on.
     "fit_state": """
@@ -65,6 +65,10 @@ TABLE_DDL: dict[str, str] = {
     # are placed onto these (core/projection.place) while the fit is reused
     "projection_fit": """
         config VARCHAR, method VARCHAR, dims INTEGER, row_id VARCHAR, text_hash VARCHAR, x FLOAT, y FLOAT, z FLOAT""",
+    # the centres of the last K-means fit (stage 'clusters' in fit_state): new rows are assigned to
+    # these while the fit is reused
+    "cluster_fit": """
+        config VARCHAR, fit_cycle INTEGER, cluster INTEGER, center FLOAT[]""",
     "cluster_metrics": """
         cycle INTEGER, scope VARCHAR, setting VARCHAR, cluster INTEGER, metric VARCHAR, value DOUBLE, params_hash VARCHAR""",
     "cluster_reviews": """

@@ -308,12 +308,61 @@ def kept_rows_sql() -> str:
 
 
 # ------------------------------------------------------------------------------------------- cluster
+def _cluster_plan(con: duckdb.DuckDBPyConnection, data: pl.DataFrame, config: str, cluster_params: dict[str, Any],
+                  refit_share: float) -> dict[str, Any]:
+    """Whether the last K-means fit still serves the kept rows ``data`` (row_id, text_hash): same
+    cluster parameters, review drops and model (``config``), K-means on the raw vectors, and at most
+    ``refit_share`` of the rows it was fitted on are new, assigned since, or gone. When it does,
+    also the stored centres and the previous cycle's labels of the rows that keep them."""
+    from purify_assets.core.clustering import ClusterParams
+
+    plan: dict[str, Any] = {"reuse": False}
+    cp = ClusterParams.from_dict(cluster_params)
+    if cp.algorithm != "kmeans" or cp.effective_reduce != "none":
+        return dict(plan, reason=f"only K-means fits on the raw vectors are kept ({cp.algorithm}, reduce {cp.effective_reduce})")
+    state = wh.frame(con, "SELECT config, fit_cycle, rows_at_fit, row_id, text_hash, since_fit FROM fit_state "
+                          "WHERE stage = 'clusters'")
+    if state.is_empty():
+        return dict(plan, reason="no earlier clustering fit")
+    if state["config"].n_unique() != 1 or state["config"][0] != config:
+        return dict(plan, reason="the cluster parameters, the review's dropped clusters or the embedding model changed")
+    fit_cycle, rows_at_fit = int(state["fit_cycle"][0]), int(state["rows_at_fit"][0])
+    last = wh.current_cycle(con)
+    previous = wh.frame(con, "SELECT row_id, cluster, strength FROM cluster_labels WHERE cycle = ?", [last])
+    known = data.join(state.select("row_id", "text_hash", "since_fit"), on=["row_id", "text_hash"], how="inner").join(
+        previous, on="row_id", how="inner")
+    placed_before = int(known["since_fit"].sum())
+    new = len(data) - len(known)
+    gone = rows_at_fit - (len(known) - placed_before)
+    changed = new + placed_before + gone
+    share = changed / max(rows_at_fit, 1)
+    plan.update(fit_cycle=fit_cycle, rows_at_fit=rows_at_fit, changed_share=share)
+    if share > refit_share:
+        return dict(plan, reason=f"{changed:,} rows are new, assigned or gone since the fit in cycle {fit_cycle}: {share:.1%} "
+                                 f"of its {rows_at_fit:,} rows, above cluster.refit_share {refit_share:.0%}")
+    fit = wh.frame(con, "SELECT cluster FROM cluster_fit WHERE config = ? ORDER BY cluster", [config])
+    centers, found = wh.matrix_from_query(con, "SELECT cluster, center FROM cluster_fit WHERE config = ?", [config],
+                                          len(fit))
+    if len(fit) == 0 or not found.all() or fit["cluster"].to_list() != list(range(len(fit))):
+        return dict(plan, reason="the centres of the last fit are not stored")
+    reason = (f"{changed:,} rows new, assigned or gone since the fit in cycle {fit_cycle}: {share:.1%} of its "
+              f"{rows_at_fit:,} rows, within cluster.refit_share {refit_share:.0%}")
+    return dict(plan, reuse=True, reason=reason, known=known, centers=centers)
+
+
 def cluster_rows(con: duckdb.DuckDBPyConnection, params: ParamsVersion, model_id: str, log: Log = _no_log) -> StageReport:
-    """Cluster the kept rows; opens a new cycle numbered after the last one."""
-    from purify_assets.core.clustering import fit_clusters
+    """Cluster the kept rows; opens a new cycle numbered after the last one.
+
+    A K-means fit is kept across cycles while nothing but the rows changed, and few of them (see
+    ``_cluster_plan`` and ``cluster.refit_share``): the rows labelled before keep their cluster and
+    strength, new rows go to the nearest stored centre. A backfill of a few percent therefore does not
+    re-run K-means over every row; a change of k, of any other cluster parameter, of the review's
+    dropped clusters or of the model refits. ``mode`` and ``refit_reason`` say which happened."""
+    from purify_assets.core.clustering import assign_to_centers, fit_clusters
 
     report = StageReport()
     cluster_params = dict(params.params["cluster"])
+    refit_share = float(cluster_params.get("refit_share", 0.2))
     drops = [d for d in (params.params.get("review", {}).get("drop_clusters") or [])
              if isinstance(d, dict) and d.get("cycle") is not None and d.get("cluster") is not None]
     dropped = pl.DataFrame(
@@ -328,33 +377,83 @@ def cluster_rows(con: duckdb.DuckDBPyConnection, params: ParamsVersion, model_id
     if data.is_empty():
         raise ValueError(f"no rows to cluster: no kept row has an embedding from model {model_id!r}; "
                          "materialize raw_rows, clean_rows and embeddings for at least one batch first")
-    with report.timed("load_vectors"):
-        vectors = _all_vectors(con, data, model_id)
-    log(f"clustering {len(data):,} rows of dimension {vectors.shape[1]} with {cluster_params.get('algorithm', 'kmeans')}")
-    with report.timed("fit"):
-        result = fit_clusters(vectors, cluster_params)
+    algorithm = str(cluster_params.get("algorithm", "kmeans"))
+    config = _fit_config("clusters", {"cluster": {k: v for k, v in cluster_params.items() if k != "refit_share"},
+                                      "drops": sorted((int(d["cycle"]), int(d["cluster"])) for d in drops)}, model_id)
+    with report.timed("plan"):
+        plan = _cluster_plan(con, data, config, cluster_params, refit_share)
     cycle = wh.current_cycle(con) + 1
+    n = len(data)
+    info: dict[str, Any] = {}
+    fit_rows = None
+    if plan["reuse"]:
+        known = plan["known"]
+        new_rows = data.join(known.select("row_id"), on="row_id", how="anti")
+        log(f"clustering: keeping the K-means fit of cycle {plan['fit_cycle']} for {len(known):,} rows, "
+            f"assigning {len(new_rows):,} new rows to its {len(plan['centers'])} centres")
+        with report.timed("load_vectors"):
+            x_new = _all_vectors(con, new_rows, model_id)
+        with report.timed("assign"):
+            lab_new, str_new = assign_to_centers(x_new, plan["centers"])
+        assigned = pl.concat([known.select("row_id", pl.col("cluster").cast(pl.Int32), pl.col("strength").cast(pl.Float32)),
+                              pl.DataFrame({"row_id": new_rows["row_id"], "cluster": lab_new, "strength": str_new},
+                                           schema={"row_id": pl.String, "cluster": pl.Int32, "strength": pl.Float32})])
+        table = data.select("row_id").join(assigned, on="row_id", how="left", maintain_order="left")
+        label_values, strength_values = table["cluster"].to_numpy(), table["strength"].to_numpy()
+        since = data.join(known.select("row_id", "since_fit"), on="row_id", how="left", maintain_order="left")["since_fit"].fill_null(True)
+        state = pl.DataFrame({"stage": ["clusters"] * n, "config": [config] * n,
+                              "fit_cycle": pl.Series([plan["fit_cycle"]] * n, dtype=pl.Int32),
+                              "rows_at_fit": pl.Series([plan["rows_at_fit"]] * n, dtype=pl.Int64),
+                              "row_id": data["row_id"], "text_hash": data["text_hash"], "since_fit": since})
+        report.counts.update(rows_reused=len(known), rows_assigned=len(new_rows), rows_refit=0)
+    else:
+        with report.timed("load_vectors"):
+            vectors = _all_vectors(con, data, model_id)
+        log(f"clustering {n:,} rows of dimension {vectors.shape[1]} with {algorithm} ({plan['reason']})")
+        with report.timed("fit"):
+            result = fit_clusters(vectors, cluster_params)
+        del vectors
+        info = result.info
+        label_values, strength_values = result.labels.astype(np.int32), result.strength.astype(np.float32)
+        state = pl.DataFrame({"stage": ["clusters"] * n, "config": [config] * n, "fit_cycle": pl.Series([cycle] * n, dtype=pl.Int32),
+                              "rows_at_fit": pl.Series([n] * n, dtype=pl.Int64), "row_id": data["row_id"],
+                              "text_hash": data["text_hash"], "since_fit": pl.Series([False] * n, dtype=pl.Boolean)})
+        fit_rows = pl.DataFrame({"config": [config] * result.n_clusters,
+                                 "fit_cycle": pl.Series([cycle] * result.n_clusters, dtype=pl.Int32),
+                                 "cluster": pl.Series(list(range(result.n_clusters)), dtype=pl.Int32),
+                                 "center": pl.Series(result.centers.astype(np.float32)).cast(pl.List(pl.Float32))})
+        report.counts.update(rows_reused=0, rows_assigned=0, rows_refit=n)
     labels = pl.DataFrame({
-        "cycle": pl.Series([cycle] * len(data), dtype=pl.Int32), "row_id": data["row_id"],
-        "cluster": pl.Series(result.labels.astype(np.int32)), "strength": pl.Series(result.strength.astype(np.float32)),
-    }).with_columns(pl.lit(str(cluster_params.get("algorithm", "kmeans"))).alias("algorithm"),
-                    pl.lit(params.hash).alias("params_hash"))
-    sizes = Counter(result.labels.tolist())
+        "cycle": pl.Series([cycle] * n, dtype=pl.Int32), "row_id": data["row_id"],
+        "cluster": pl.Series(label_values, dtype=pl.Int32), "strength": pl.Series(strength_values, dtype=pl.Float32),
+    }).with_columns(pl.lit(algorithm).alias("algorithm"), pl.lit(params.hash).alias("params_hash"))
+    sizes = Counter(label_values.tolist())
     with report.timed("store"), wh.transaction(con):
         wh.replace_table(con, "cluster_labels", labels, "cycle = ?", [cycle])
         wh.run(con, "INSERT INTO cycles (cycle, params_version, params_hash, started_at, rows_clustered, n_clusters, state) "
                     "VALUES (?, ?, ?, ?, ?, ?, 'clustered')",
-                    [cycle, params.version, params.hash, _now(), len(data), len([c for c in sizes if c >= 0])])
+                    [cycle, params.version, params.hash, _now(), n, len([c for c in sizes if c >= 0])])
+        if algorithm == "kmeans":
+            wh.replace_table(con, "fit_state", state, "stage = 'clusters'")
+            if fit_rows is not None:
+                wh.replace_table(con, "cluster_fit", fit_rows)
+        else:  # density clusterings are refitted every cycle: no state to keep
+            wh.run(con, "DELETE FROM fit_state WHERE stage = 'clusters'")
+            wh.run(con, "DELETE FROM cluster_fit")
     con.register("_dropped", dropped)
     try:
         n_dropped = wh.scalar(con, "SELECT count(*) FROM cluster_labels l JOIN _dropped d USING (cycle, cluster)")
     finally:
         con.unregister("_dropped")
-    report.counts.update(cycle=cycle, rows_clustered=len(data), clusters=len([c for c in sizes if c >= 0]),
+    report.counts.update(cycle=cycle, rows_clustered=n, clusters=len([c for c in sizes if c >= 0]),
                          noise_rows=int(sizes.get(-1, 0)), rows_dropped_by_review=int(n_dropped))
-    report.values.update(params_version=params.version, params_hash=params.hash, model_id=model_id,
-                         algorithm=str(cluster_params.get("algorithm", "kmeans")))
-    report.values.update({f"info.{k}": v for k, v in result.info.items() if isinstance(v, (int, float, str, bool))})
+    report.values.update(params_version=params.version, params_hash=params.hash, model_id=model_id, algorithm=algorithm,
+                         mode="reused" if plan["reuse"] else "refit", refit_reason="" if plan["reuse"] else plan["reason"],
+                         reuse_reason=plan["reason"] if plan["reuse"] else "",
+                         fit_cycle=int(plan["fit_cycle"]) if plan["reuse"] else cycle)
+    if "changed_share" in plan:
+        report.values["changed_share"] = round(float(plan["changed_share"]), 4)
+    report.values.update({f"info.{k}": v for k, v in info.items() if isinstance(v, (int, float, str, bool))})
     size_table = pl.DataFrame({"cluster": list(sizes), "rows": list(sizes.values())}).sort("cluster")
     report.markdown["cluster_sizes"] = wh.markdown_table(size_table, max_rows=50)
     return report

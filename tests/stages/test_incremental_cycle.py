@@ -230,3 +230,58 @@ def test_the_k_sweep_is_recomputed_when_settings_ks_or_rows_change(home):
         _, report = cy.run(measure=dict(measure, sweep_stability_runs=3))
         assert report.values["k_sweep_mode"] == "computed" and "sweep_refit_share" in report.values["k_sweep_reason"]
         assert report.values["sweep_from_cycle"] == 6
+
+
+def test_a_few_new_rows_keep_the_kmeans_fit_and_go_to_the_nearest_stored_centre(home):
+    from purify_assets.core.clustering import assign_to_centers
+    from purify_assets.core.params import set_path
+
+    with wh.connect(home / "w.duckdb") as con:
+        cy = Cycle(home, con)
+        cy.land(make_rows())
+        dedup_rows(con, cy.pv.params["dedup"], cy.emb.model_id)
+        first = cluster_rows(con, cy.pv, cy.emb.model_id)
+        assert first.values["mode"] == "refit" and first.values["refit_reason"] == "no earlier clustering fit"
+        before = wh.frame(con, "SELECT row_id, cluster, strength FROM cluster_labels WHERE cycle = 1")
+        centres = np.array(wh.frame(con, "SELECT center FROM cluster_fit ORDER BY cluster")["center"].to_list(), dtype=np.float32)
+        assert centres.shape == (3, cy.emb.dim)
+        cy.land(fresh_rows("new", 6))  # 10 % new rows
+        dedup_rows(con, cy.pv.params["dedup"], cy.emb.model_id)
+        second = cluster_rows(con, cy.pv, cy.emb.model_id)
+        assert second.values["mode"] == "reused" and second.values["fit_cycle"] == 1, second.values
+        assert second.counts["rows_reused"] == 60 and second.counts["rows_assigned"] == 6 and second.counts["rows_refit"] == 0
+        after = wh.frame(con, "SELECT row_id, cluster, strength FROM cluster_labels WHERE cycle = 2")
+        assert after.join(before, on="row_id", how="semi").sort("row_id").equals(before.sort("row_id"))  # labels kept
+        new = after.join(before, on="row_id", how="anti").sort("row_id")
+        labels, strength = assign_to_centers(cy.vectors(new["row_id"].to_list()), centres)
+        assert new["cluster"].to_list() == labels.tolist()
+        np.testing.assert_allclose(new["strength"].to_numpy(), strength, atol=1e-6)
+        # another cluster parameter, or a review dropping a cluster, refits
+        other = cy.store.write(set_path(cy.pv.params, "cluster.k", 4), source="user", reason="k 4")
+        third = cluster_rows(con, other, cy.emb.model_id)
+        assert third.values["mode"] == "refit" and "cluster parameters" in third.values["refit_reason"]
+        assert third.counts["clusters"] == 4 and third.counts["rows_refit"] == 66
+        dropping = cy.store.write(set_path(other.params, "review.drop_clusters", [{"cycle": 3, "cluster": 0}]),
+                                  source="review", reason="drop 0")
+        fourth = cluster_rows(con, dropping, cy.emb.model_id)
+        assert fourth.values["mode"] == "refit" and fourth.counts["rows_refit"] < 66
+
+
+def test_many_new_rows_or_a_density_clustering_refit_the_clusters(home):
+    from purify_assets.core.params import set_path
+
+    with wh.connect(home / "w.duckdb") as con:
+        cy = Cycle(home, con)
+        cy.land(make_rows())
+        dedup_rows(con, cy.pv.params["dedup"], cy.emb.model_id)
+        cluster_rows(con, cy.pv, cy.emb.model_id)
+        cy.land(fresh_rows("many", 15))  # 25 % new rows
+        dedup_rows(con, cy.pv.params["dedup"], cy.emb.model_id)
+        report = cluster_rows(con, cy.pv, cy.emb.model_id)
+        assert report.values["mode"] == "refit" and "cluster.refit_share" in report.values["refit_reason"]
+        assert wh.scalar(con, "SELECT max(fit_cycle) FROM cluster_fit") == 2
+        dense = cy.store.write(set_path(cy.pv.params, "cluster.algorithm", "dbscan"), source="user", reason="dbscan")
+        report = cluster_rows(con, dense, cy.emb.model_id)
+        assert report.values["mode"] == "refit" and "only K-means" in report.values["refit_reason"]
+        assert wh.scalar(con, "SELECT count(*) FROM cluster_fit") == 0
+        assert wh.scalar(con, "SELECT count(*) FROM fit_state WHERE stage = 'clusters'") == 0
