@@ -72,6 +72,9 @@ DEFAULT_PARAMS: dict[str, Any] = {
         "algorithm": "kmeans",
         "k": 8,
         "seed": 0,
+        # a K-means fit is kept while at most this share of its rows are new, assigned since or gone and no
+        # cluster parameter, dropped cluster or model changed: new rows go to the nearest stored centre
+        "refit_share": 0.2,
     },
     "project": {
         "methods": ["pca", "umap"],
@@ -79,6 +82,9 @@ DEFAULT_PARAMS: dict[str, Any] = {
         # rows each method is fitted on; the rest are placed by their nearest fitted rows (core/projection.py).
         # A seeded UMAP runs single-threaded: 5,000 rows keep a 2-D + 3-D pair near 20 s here.
         "fit_sample": 5000,
+        # the fit (and every earlier row's coordinates) is kept while at most this share of its rows changed;
+        # new rows are placed onto it, plots are redrawn with the current labels
+        "refit_share": 0.2,
     },
     "measure": {
         "silhouette_sample": 5000,
@@ -87,6 +93,8 @@ DEFAULT_PARAMS: dict[str, Any] = {
         "k_sweep": "auto",
         "sweep_sample": 10000,
         "sweep_stability_runs": 2,
+        # each k's sweep figures are kept while at most this share of the rows the sweep saw changed
+        "sweep_refit_share": 0.2,
     },
     "review": {
         "reviewer": "offline",

@@ -17,7 +17,7 @@ from purify_assets.core.clean import CleanConfig, REASON_CODES, clean_row, compo
 from purify_assets.core.fields import FieldMapping, UnmappableError, detect_mapping, map_record
 from purify_assets.core.ingest import BatchReader, ParsedRecord, QuarantinedLine
 from purify_assets.core.landing import LandedBatch
-from purify_assets.stages import Log, StageReport, _no_log
+from purify_assets.stages import Log, StageReport, _no_log, releases_memory
 
 RAW_SCHEMA = {
     "batch_id": pl.String, "row_id": pl.String, "source_file": pl.String, "line_no": pl.Int32,
@@ -41,6 +41,7 @@ def row_id_for(batch_key: str, line_no: int, nth_on_line: int = 0) -> str:
 MAPPING_PROBE_RECORDS = 1000  # records whose columns together decide the field mapping
 
 
+@releases_memory
 def ingest_batch(con: duckdb.DuckDBPyConnection, batch: LandedBatch, mapping_override: dict | None = None,
                  chunk_rows: int = 50_000, log: Log = _no_log) -> StageReport:
     """Parse the archived file of ``batch`` into ``raw_rows``; unparseable lines go to ``quarantine``."""
@@ -165,6 +166,7 @@ def flagged_by_review(clean_requests: list[dict[str, Any]] | None) -> dict[str, 
     return out
 
 
+@releases_memory
 def clean_batch(con: duckdb.DuckDBPyConnection, batch_id: str, clean_params: dict[str, Any], text_template: str,
                 chunk_rows: int = 50_000, log: Log = _no_log, flagged: dict[str, str] | None = None) -> StageReport:
     """Normalize and filter one batch: kept rows to ``clean_rows``, removed rows to ``rejected_rows``.
@@ -333,6 +335,7 @@ def _embed_into(con: duckdb.DuckDBPyConnection, batch_id: str, table: str, wante
     return len(todo)
 
 
+@releases_memory
 def embed_batch(con: duckdb.DuckDBPyConnection, batch_id: str, embedder: Any, chunk_texts: int = 2048,
                 log: Log = _no_log, *, response_vectors: bool = True, chunk_rows: int = 50_000) -> StageReport:
     """Vectors for one batch: the composed row text of every row (``embeddings``) and, with

@@ -22,7 +22,7 @@ import polars as pl
 
 from purify_assets.core import warehouse as wh
 from purify_assets.core.params import ParamsStore, ParamsVersion, deep_merge
-from purify_assets.stages import Log, StageReport, _no_log
+from purify_assets.stages import Log, StageReport, _no_log, releases_memory
 
 REMOVING_KINDS = ("exact", "near", "semantic")
 # row ids that dedup removes: non-representative members of exact / near / semantic sets
@@ -41,11 +41,13 @@ def _lists_for(con: duckdb.DuckDBPyConnection, keys: pl.DataFrame, table: str, c
     match = " AND ".join([f"e.{c} = k.{c}" for c in on] + [condition])
     con.register("_list_keys", k)
     try:
-        found = con.sql(f"SELECT k._pos, e.rowid AS rid FROM _list_keys k JOIN {table} e ON {match}", params=params).fetchnumpy()
-        if len(found["rid"]) and len(found["rid"]) * 3 >= int(wh.scalar(con, f"SELECT count(*) FROM {table}")):
-            return wh.matrix_by_rowid(con, table, column, found["rid"], found["_pos"], len(k), dtype)
-        return wh.matrix_from_query(con, f"SELECT k._pos, e.{column} FROM _list_keys k JOIN {table} e ON {match}",
-                                    params, len(k), dtype)
+        with wh.lean_reads(con):  # the pages read end up in the matrix: DuckDB need not cache them too
+            found = con.sql(f"SELECT k._pos, e.rowid AS rid FROM _list_keys k JOIN {table} e ON {match}",
+                            params=params).fetchnumpy()
+            if len(found["rid"]) and len(found["rid"]) * 3 >= int(wh.scalar(con, f"SELECT count(*) FROM {table}")):
+                return wh.matrix_by_rowid(con, table, column, found["rid"], found["_pos"], len(k), dtype)
+            return wh.matrix_from_query(con, f"SELECT k._pos, e.{column} FROM _list_keys k JOIN {table} e ON {match}",
+                                        params, len(k), dtype)
     finally:
         con.unregister("_list_keys")
 
@@ -120,6 +122,7 @@ def _signatures(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, num_perm: in
     return sig
 
 
+@releases_memory
 def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], model_id: str, log: Log = _no_log, *,
                embedded_text: str = "instruction") -> StageReport:
     """Duplicate sets over every kept row of every batch: exact, near (MinHash), semantic (cosine), and
@@ -308,6 +311,39 @@ def kept_rows_sql() -> str:
 
 
 # ------------------------------------------------------------------------------------------- cluster
+def _fit_drift(con: duckdb.DuckDBPyConnection, stage: str, label: str, data: pl.DataFrame, config: str,
+               config_changed: str, setting: str, refit_share: float) -> dict[str, Any]:
+    """How far the rows ``data`` (row_id, text_hash) moved from the last fit of ``stage`` in
+    ``fit_state`` (a clustering, a projection or a k sweep, named ``label`` in the reasons).
+
+    The fit is usable when it was made with this ``config`` (else the reason is ``config_changed``)
+    and the rows that changed since it are at most ``refit_share`` (the parameter ``setting``) of the
+    rows it was made on: new rows, rows placed onto it in later cycles (``since_fit``), and its rows
+    that are gone or whose text changed. Returns {"usable", "reason"} and, when a fit exists,
+    fit_cycle, rows_at_fit, changed_share, rows_new, rows_placed_before, rows_gone and ``known``
+    (row_id, text_hash, since_fit of the rows of ``data`` the fit covers)."""
+    state = wh.frame(con, "SELECT config, fit_cycle, rows_at_fit, row_id, text_hash, since_fit FROM fit_state WHERE stage = ?",
+                     [stage])
+    if state.is_empty():
+        return {"usable": False, "reason": f"no earlier {label}"}
+    if state["config"].n_unique() != 1 or state["config"][0] != config:
+        return {"usable": False, "reason": config_changed}
+    fit_cycle, rows_at_fit = int(state["fit_cycle"][0]), int(state["rows_at_fit"][0])
+    # rows the fit still describes: same row, same text (hence the same vector)
+    known = data.select("row_id", "text_hash").join(state.select("row_id", "text_hash", "since_fit"),
+                                                    on=["row_id", "text_hash"], how="inner")
+    placed_before = int(known["since_fit"].sum())
+    new = len(data) - len(known)
+    gone = rows_at_fit - (len(known) - placed_before)
+    changed = new + placed_before + gone
+    share = changed / max(rows_at_fit, 1)
+    usable = share <= refit_share
+    reason = (f"{changed:,} rows new, placed or gone since the {label} of cycle {fit_cycle}: {share:.1%} of its "
+              f"{rows_at_fit:,} rows, {'within' if usable else 'above'} {setting} {refit_share:.0%}")
+    return {"usable": usable, "reason": reason, "fit_cycle": fit_cycle, "rows_at_fit": rows_at_fit, "changed_share": share,
+            "rows_new": new, "rows_placed_before": placed_before, "rows_gone": gone, "known": known}
+
+
 def _cluster_plan(con: duckdb.DuckDBPyConnection, data: pl.DataFrame, config: str, cluster_params: dict[str, Any],
                   refit_share: float) -> dict[str, Any]:
     """Whether the last K-means fit still serves the kept rows ``data`` (row_id, text_hash): same
@@ -320,36 +356,25 @@ def _cluster_plan(con: duckdb.DuckDBPyConnection, data: pl.DataFrame, config: st
     cp = ClusterParams.from_dict(cluster_params)
     if cp.algorithm != "kmeans" or cp.effective_reduce != "none":
         return dict(plan, reason=f"only K-means fits on the raw vectors are kept ({cp.algorithm}, reduce {cp.effective_reduce})")
-    state = wh.frame(con, "SELECT config, fit_cycle, rows_at_fit, row_id, text_hash, since_fit FROM fit_state "
-                          "WHERE stage = 'clusters'")
-    if state.is_empty():
-        return dict(plan, reason="no earlier clustering fit")
-    if state["config"].n_unique() != 1 or state["config"][0] != config:
-        return dict(plan, reason="the cluster parameters, the review's dropped clusters or the embedding model changed")
-    fit_cycle, rows_at_fit = int(state["fit_cycle"][0]), int(state["rows_at_fit"][0])
-    last = wh.current_cycle(con)
-    previous = wh.frame(con, "SELECT row_id, cluster, strength FROM cluster_labels WHERE cycle = ?", [last])
-    known = data.join(state.select("row_id", "text_hash", "since_fit"), on=["row_id", "text_hash"], how="inner").join(
-        previous, on="row_id", how="inner")
-    placed_before = int(known["since_fit"].sum())
-    new = len(data) - len(known)
-    gone = rows_at_fit - (len(known) - placed_before)
-    changed = new + placed_before + gone
-    share = changed / max(rows_at_fit, 1)
-    plan.update(fit_cycle=fit_cycle, rows_at_fit=rows_at_fit, changed_share=share)
-    if share > refit_share:
-        return dict(plan, reason=f"{changed:,} rows are new, assigned or gone since the fit in cycle {fit_cycle}: {share:.1%} "
-                                 f"of its {rows_at_fit:,} rows, above cluster.refit_share {refit_share:.0%}")
+    drift = _fit_drift(con, "clusters", "clustering fit", data, config,
+                       "the cluster parameters, the review's dropped clusters or the embedding model changed",
+                       "cluster.refit_share", refit_share)
+    plan.update({k: v for k, v in drift.items() if k not in ("usable", "known")})
+    if not drift["usable"]:
+        return plan
+    previous = wh.frame(con, "SELECT row_id, cluster, strength FROM cluster_labels WHERE cycle = ?", [wh.current_cycle(con)])
+    known = drift["known"].join(previous, on="row_id", how="inner")
+    if len(known) < len(drift["known"]):
+        return dict(plan, reason="the last cycle's labels do not cover every row of the fit")
     fit = wh.frame(con, "SELECT cluster FROM cluster_fit WHERE config = ? ORDER BY cluster", [config])
     centers, found = wh.matrix_from_query(con, "SELECT cluster, center FROM cluster_fit WHERE config = ?", [config],
                                           len(fit))
     if len(fit) == 0 or not found.all() or fit["cluster"].to_list() != list(range(len(fit))):
         return dict(plan, reason="the centres of the last fit are not stored")
-    reason = (f"{changed:,} rows new, assigned or gone since the fit in cycle {fit_cycle}: {share:.1%} of its "
-              f"{rows_at_fit:,} rows, within cluster.refit_share {refit_share:.0%}")
-    return dict(plan, reuse=True, reason=reason, known=known, centers=centers)
+    return dict(plan, reuse=True, known=known, centers=centers)
 
 
+@releases_memory
 def cluster_rows(con: duckdb.DuckDBPyConnection, params: ParamsVersion, model_id: str, log: Log = _no_log) -> StageReport:
     """Cluster the kept rows; opens a new cycle numbered after the last one.
 
@@ -511,26 +536,13 @@ def _projection_plan(con: duckdb.DuckDBPyConnection, data: pl.DataFrame, config:
     plan: dict[str, Any] = {"reuse": False}
     if settings.get("umap_place") == "transform" and "umap" in settings["methods"]:
         return dict(plan, reason="umap_place=transform places rows with the fitted UMAP model, which is not kept")
-    state = wh.frame(con, "SELECT config, fit_cycle, rows_at_fit, row_id, text_hash, since_fit FROM fit_state "
-                          "WHERE stage = 'projections'")
-    if state.is_empty():
-        return dict(plan, reason="no earlier projection fit")
-    if state["config"].n_unique() != 1 or state["config"][0] != config:
-        return dict(plan, reason="the projection parameters or the embedding model changed since the last fit")
-    fit_cycle, rows_at_fit = int(state["fit_cycle"][0]), int(state["rows_at_fit"][0])
-    # rows whose previous coordinates are still valid: same row, same text (hence the same vector)
-    known = data.select("row_id", "text_hash").join(state.select("row_id", "text_hash", "since_fit"),
-                                                    on=["row_id", "text_hash"], how="inner")
-    placed_before = int(known["since_fit"].sum())
-    new = len(data) - len(known)
-    gone = rows_at_fit - (len(known) - placed_before)
-    changed = new + placed_before + gone
-    share = changed / max(rows_at_fit, 1)
-    plan.update(fit_cycle=fit_cycle, rows_at_fit=rows_at_fit, changed_share=share, rows_new=new,
-                rows_placed_before=placed_before, rows_gone=gone)
-    if share > refit_share:
-        return dict(plan, reason=f"{changed:,} rows are new, placed or gone since the fit in cycle {fit_cycle}: "
-                                 f"{share:.1%} of its {rows_at_fit:,} rows, above project.refit_share {refit_share:.0%}")
+    drift = _fit_drift(con, "projections", "projection fit", data, config,
+                       "the projection parameters or the embedding model changed since the last fit",
+                       "project.refit_share", refit_share)
+    plan.update({k: v for k, v in drift.items() if k not in ("usable", "known")})
+    if not drift["usable"]:
+        return plan
+    known = drift["known"]
     fit = wh.frame(con, "SELECT method, dims, row_id, text_hash, x, y, z FROM projection_fit WHERE config = ? "
                         "ORDER BY method, dims, row_id", [config])
     stored = set(zip(fit["method"].to_list(), fit["dims"].to_list()))
@@ -549,12 +561,11 @@ def _projection_plan(con: duckdb.DuckDBPyConnection, data: pl.DataFrame, config:
     short = [f"{m} {d}-D" for m, d in combos if per_combo.get((m, d), 0) != len(known)]
     if short:
         return dict(plan, reason=f"the stored coordinates do not cover every earlier row ({', '.join(short)})")
-    reason = (f"{changed:,} rows new, placed or gone since the fit in cycle {fit_cycle}: {share:.1%} of its "
-              f"{rows_at_fit:,} rows, within project.refit_share {refit_share:.0%}")
-    return dict(plan, reuse=True, reason=reason, fit=fit, fit_keys=fit_keys.with_row_index("_fit_pos"), fit_x=fit_x,
+    return dict(plan, reuse=True, fit=fit, fit_keys=fit_keys.with_row_index("_fit_pos"), fit_x=fit_x,
                 old=old, known=known)
 
 
+@releases_memory
 def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any], model_id: str, plots_dir: Path,
                  log: Log = _no_log) -> StageReport:
     """2-D and 3-D coordinates per method for the latest cycle, with a PNG and an HTML plot per method.
@@ -722,20 +733,15 @@ def _reusable_sweep(con: duckdb.DuckDBPyConnection, data: pl.DataFrame, config: 
     saw may be new, changed or gone. Each k's figures are independent of the other ks (same sample
     and seeds), so the ks it tried are reused and only the others of ``ks`` need computing.
     Returns {"results": {k: figures} or None, "missing": [ks], "from_cycle", "reason"}."""
-    state = wh.frame(con, "SELECT config, fit_cycle, rows_at_fit, row_id, text_hash FROM fit_state WHERE stage = 'k_sweep'")
     none: dict[str, Any] = {"results": None, "missing": list(ks), "from_cycle": None}
-    if state.is_empty():
-        return dict(none, reason="no earlier k sweep")
-    if state["config"].n_unique() != 1 or state["config"][0] != config:
-        return dict(none, reason="the sweep settings or the embedding model changed")
-    from_cycle, rows_at = int(state["fit_cycle"][0]), int(state["rows_at_fit"][0])
-    same = len(data.select("row_id", "text_hash").join(state.select("row_id", "text_hash"), on=["row_id", "text_hash"], how="semi"))
-    changed = (len(data) - same) + (rows_at - same)
-    share = changed / max(rows_at, 1)
-    out: dict[str, Any] = dict(none, from_cycle=from_cycle, changed_share=share)
-    if share > refit_share:
-        return dict(out, reason=f"{changed:,} rows new, changed or gone since the sweep of cycle {from_cycle}: {share:.1%} "
-                                f"of its {rows_at:,} rows, above measure.sweep_refit_share {refit_share:.0%}")
+    drift = _fit_drift(con, "k_sweep", "k sweep", data, config, "the sweep settings or the embedding model changed",
+                       "measure.sweep_refit_share", refit_share)
+    out = dict(none, reason=drift["reason"])
+    if "fit_cycle" in drift:
+        out.update(from_cycle=drift["fit_cycle"], changed_share=drift["changed_share"])
+    if not drift["usable"]:
+        return out
+    from_cycle = drift["fit_cycle"]
     # every k computed since that sweep (same settings: a change of settings starts a new sweep), each
     # from the latest cycle that wrote it
     stored = wh.frame(con, """
@@ -751,13 +757,13 @@ def _reusable_sweep(con: duckdb.DuckDBPyConnection, data: pl.DataFrame, config: 
     missing = [k for k in ks if k not in by_k]
     if not found:
         return dict(out, reason=f"the sweep of cycle {from_cycle} tried none of k = {', '.join(map(str, ks))}")
-    reason = (f"{changed:,} rows new, changed or gone since the sweep of cycle {from_cycle}: {share:.1%} of its "
-              f"{rows_at:,} rows, within measure.sweep_refit_share {refit_share:.0%}")
+    reason = drift["reason"]
     if missing:
         reason += f"; k = {', '.join(map(str, missing))} not tried before, computed now"
     return dict(out, results=found, missing=missing, reason=reason)
 
 
+@releases_memory
 def measure_clusters(con: duckdb.DuckDBPyConnection, measure_params: dict[str, Any], model_id: str,
                      log: Log = _no_log) -> StageReport:
     """Global and per-cluster metrics for the latest cycle (and a k sweep when configured).
@@ -914,6 +920,7 @@ def cycle_history(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
 
 
 # -------------------------------------------------------------------------------------------- review
+@releases_memory
 def review_clusters(con: duckdb.DuckDBPyConnection, params: ParamsVersion, store: ParamsStore, model_id: str,
                     cache_dir: Path, log: Log = _no_log) -> StageReport:
     """Review every cluster of the latest cycle and turn the recommendations into the next parameters."""
@@ -1175,6 +1182,7 @@ def _safe_name(text: str) -> str:
     return slug[:60] or "cluster"
 
 
+@releases_memory
 def publish_dataset(con: duckdb.DuckDBPyConnection, exports_dir: Path, plots_dir: Path, log: Log = _no_log) -> StageReport:
     """The purified rows of the latest reviewed cycle, exported per cluster, with a dataset card."""
     report = StageReport()
