@@ -1084,8 +1084,8 @@ def _dedup_review_markdown(ev: Any, recommendation: dict[str, Any] | None) -> st
 
 def _text_stats(rv: Any, part: pl.DataFrame) -> dict[str, Any]:
     # rows of a text-only layout (no output column) have no outputs to count as empty
-    outputs = part["output"].to_list() if part["output"].null_count() < len(part) else None
-    stats = rv.compute_text_stats(part["text"].to_list(), outputs, part["lang"].to_list())
+    outputs = part["output"] if part["output"].null_count() < len(part) else None
+    stats = rv.compute_text_stats(part["text"], outputs, part["lang"])
     # duplicates are whole rows: rows sharing an instruction template are not duplicates
     whole = part.select(pl.concat_str([pl.col("instruction"), pl.col("input"), pl.col("output")], separator="\x1f",
                                       ignore_nulls=True).str.to_lowercase().alias("row"))["row"]

@@ -755,3 +755,25 @@ def test_cluster_top_terms_from_a_sample_of_a_large_cluster_match_the_full_count
     sampled = cluster_top_terms({0: big, 1: small}, 3, max_texts=2000)
     assert sampled == full
     assert full[0] == ["quarterly", "report", "summarize"] and full[1][:2] == ["korean", "translate"]
+
+
+def test_text_stats_in_polars_count_like_python_loops():
+    rng = random.Random(5)
+    pieces = ["요약해 주세요", "Hello  World", "hello world", "  hello\tworld ", "你好？", "why?", "", None, "ok", "İstanbul"]
+    texts = [rng.choice(pieces) for _ in range(500)]
+    outputs = [rng.choice(["a", "", "  ", None, "answer"]) for _ in range(500)]
+    st = compute_text_stats(texts, outputs=outputs, langs=[rng.choice(["ko", "en", None]) for _ in range(500)])
+    plain = [t or "" for t in texts]
+    lengths = sorted(len(t) for t in plain)
+    assert st["n"] == 500
+    assert st["mean_length"] == round(sum(lengths) / 500, 1)
+    assert st["median_length"] == (lengths[249] + lengths[250]) / 2
+    assert st["share_short"] == round(sum(1 for x in lengths if x < 6) / 500, 4)
+    assert st["duplicate_share"] == round((500 - len({" ".join(t.lower().split()) for t in plain})) / 500, 4)
+    assert st["share_question"] == round(sum(1 for t in plain if "?" in t or "？" in t) / 500, 4)
+    assert st["share_empty_output"] == round(sum(1 for o in outputs if not (o or "").strip()) / 500, 4)
+    assert sum(st["languages"].values()) == pytest.approx(1.0, abs=1e-3) and "unknown" in st["languages"]
+    # a polars Series gives the same figures as a list
+    import polars as pl
+    assert compute_text_stats(pl.Series(texts, dtype=pl.String), pl.Series(outputs, dtype=pl.String)) == \
+        compute_text_stats(texts, outputs)
