@@ -98,11 +98,38 @@ def versions() -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------ memory
 
-def rss_mb() -> float:
-    """Current resident set size of this process in MiB (from /proc, psutil as a fallback)."""
-    for line in _read("/proc/self/status").splitlines():
+def _proc_rss_kib(pid: str) -> int:
+    for line in _read(f"/proc/{pid}/status").splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+            return int(line.split()[1])
+    return 0
+
+
+def _descendants(pid: str) -> list[str]:
+    """Live child processes of ``pid``, recursively (from /proc/<pid>/task/*/children)."""
+    out: list[str] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            kids = _read(str(task / "children")).split()
+            out += kids
+            todo += kids
+    return out
+
+
+_TREE_PEAK_MB = 0.0  # the largest process-tree RSS any rss_mb() call has seen
+
+
+def rss_mb() -> float:
+    """Resident set size of this process and its live child processes in MiB (worker processes,
+    such as the encoder's, count), from /proc; psutil as a fallback (this process only)."""
+    global _TREE_PEAK_MB
+    own = _proc_rss_kib("self")
+    if own:
+        total = (own + sum(_proc_rss_kib(c) for c in _descendants(str(os.getpid())))) / 1024
+        _TREE_PEAK_MB = max(_TREE_PEAK_MB, total)
+        return total
     try:
         import psutil
 
@@ -112,9 +139,11 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    """High-water mark of this process's RSS since it started (``ru_maxrss``, KiB on Linux)."""
+    """High-water mark of this process's RSS since it started (``ru_maxrss``, KiB on Linux), or of
+    this process and its children together as sampled by ``rss_mb`` when that was higher."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 if sys.platform != "darwin" else peak / 2**20
+    own = peak / 1024 if sys.platform != "darwin" else peak / 2**20
+    return max(own, _TREE_PEAK_MB)
 
 
 class PeakSampler:

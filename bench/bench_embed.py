@@ -95,7 +95,10 @@ def bench_throughput(args, sets: dict[str, list[str]]) -> dict:
         "st-torch": lambda: E.make_embedder({"backend": "sentence-transformers", "batch_size": 64}),
         "onnx-fp32": lambda: E.make_embedder({"backend": "onnx", "precision": "fp32", "batch_size": 64}),
         "onnx-int8": lambda: E.make_embedder({"backend": "onnx", "precision": "int8", "batch_size": 64}),
-        "use": lambda: E.make_embedder({"backend": "use"}),
+        # USE in this process (its BLAS on every core), and shared among worker processes of one
+        # thread each (the default for calls of 2,000+ texts; here every call, in pieces of 64)
+        "use": lambda: E.make_embedder({"backend": "use", "workers": 1}),
+        "use-workers": lambda: E.USEEmbedder(batch_size=64, parallel_min_texts=0),
     }
     # Runs are interleaved (run 1 of every backend, then run 2 ...), so that each backend sees the
     # same mix of load from other jobs on a shared machine and the ratios stay fair.
@@ -118,6 +121,8 @@ def bench_throughput(args, sets: dict[str, list[str]]) -> dict:
         for name in embs:
             rate = len(texts) / statistics.median(times[name])
             row = {"rows": len(texts), "rows_per_s": round(rate, 1), "runs_s": [round(t, 3) for t in times[name]]}
+            if name == "use-workers":  # the same model in worker processes: the same vectors
+                row["max_abs_diff_to_use"] = float(np.abs(vecs[name] - vecs["use"]).max())
             if name.startswith("onnx"):
                 cos = (vecs[name] * reference[set_name]).sum(axis=1)
                 row.update(cos_mean=round(float(cos.mean()), 4), cos_p1=round(float(np.percentile(cos, 1)), 4),
@@ -178,6 +183,10 @@ def write_markdown(res: dict, path: Path) -> None:
     lines += ["", "First call (model load; ONNX export + quantization when the cache is cold): " + ", ".join(
         f"{n} {e['first_call_s']} s" for n, e in res["throughput"].items()), "",
         "Text sets: " + "; ".join(f"{k}: {v}" for k, v in res["sets"].items())]
+    diffs = [row["max_abs_diff_to_use"] for row in res["throughput"].get("use-workers", {}).get("sets", {}).values()]
+    if diffs:
+        lines += ["", f"use-workers: the USE model in {E.cpu_count()} worker processes of one BLAS thread each (pieces "
+                  f"of 64 texts); largest difference to the in-process vectors {max(diffs):.1e}."]
     if "ari" in res:
         a = res["ari"]
         lines += ["", "## Task-type ARI after K-means (k = true number of types, mean of 3 seeds)", "",

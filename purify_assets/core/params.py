@@ -43,6 +43,8 @@ DEFAULT_PARAMS: dict[str, Any] = {
         # responses by meaning, not by shared characters. Costs one more encoder pass over the responses.
         "response_vectors": True,
         "batch_size": 256,
+        # use: worker processes sharing large batches (0 = one per usable core, 1 = in the run's own process)
+        "workers": 0,
     },
     "dedup": {
         "exact": True,  # same normalized instruction + input + output

@@ -944,7 +944,7 @@ def review_clusters(con: duckdb.DuckDBPyConnection, params: ParamsVersion, store
                                 n_central=int(review_cfg.get("n_central", 5)), n_boundary=int(review_cfg.get("n_boundary", 3)))
         evidence = build_evidence(data, cards, per)
     with report.timed("dedup_evidence"):
-        dedup_ev = dedup_evidence(con, params.params.get("dedup") or {}, data, model_id)
+        dedup_ev = dedup_evidence(con, params.params.get("dedup") or {}, data, model_id, vectors=vectors)
     review_cfg.setdefault("cache_dir", str(cache_dir))
     reviewer = rv.make_reviewer(review_cfg)
     log(f"reviewing {len(evidence)} clusters with {getattr(reviewer, 'reviewer_id', type(reviewer).__name__)}")
@@ -1002,14 +1002,18 @@ def review_clusters(con: duckdb.DuckDBPyConnection, params: ParamsVersion, store
 
 
 def dedup_evidence(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], clustered: pl.DataFrame,
-                   model_id: str, n_pairs: int = 30, sample: int = 4000, margin: float = 0.1) -> Any:
+                   model_id: str, n_pairs: int = 30, sample: int = 4000, margin: float = 0.1,
+                   vectors: np.ndarray | None = None) -> Any:
     """What the reviewer sees of dedup: thresholds, rows removed per kind, the ``n_pairs`` least
     similar pairs near and semantic dedup removed, and the ``n_pairs`` most similar pairs of kept
     rows that scored within ``margin`` below the semantic threshold. Near misses are searched among
-    up to ``sample`` of the clustered rows (``clustered``: row_id and text_hash; their ``model_id``
-    vectors are read for the sample), scored the way
-    semantic dedup scores (hybrid: w x cosine + (1 - w) x MinHash Jaccard of the whole row)."""
-    from purify_assets.core.dedup import REMOVING_KINDS, semantic_pairs
+    up to ``sample`` of the clustered rows (``clustered``: row_id and text_hash), scored the way
+    semantic dedup scores (hybrid: w x cosine + (1 - w) x MinHash Jaccard of the whole row).
+    ``vectors``: the ``model_id`` vectors of ``clustered``, row for row, when the caller holds them
+    already (the sample's rows are taken from it instead of being read again: at 1.7M rows a read of
+    4,000 vectors through a join scans the whole table). The sample's MinHash signatures are
+    computed afresh, the way dedup computes them, rather than looked up in its cache (same reason)."""
+    from purify_assets.core.dedup import REMOVING_KINDS, minhash_signatures, semantic_pairs
     from purify_assets.core.review import DedupEvidence
 
     mode = str(dedup_params.get("semantic_mode", "hybrid"))
@@ -1029,25 +1033,27 @@ def dedup_evidence(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any],
         WHERE nth <= ? ORDER BY kind, similarity""", [n_pairs])
     misses: list[dict[str, Any]] = []
     if len(clustered) >= 2 and dedup_params.get("semantic", True):
-        rows = clustered.select("row_id", "text_hash")
+        rows = clustered.select("row_id", "text_hash").with_row_index("_pos")
         if len(rows) > sample:
             rows = rows.sort(pl.col("row_id").hash(7)).head(sample).sort("row_id")
         con.register("_sample", rows.select("row_id"))
         try:
-            info = wh.frame(con, f"SELECT c.row_id, c.row_hash, {full.format('c')} AS full_text FROM clean_rows c "
+            info = wh.frame(con, f"SELECT c.row_id, {full.format('c')} AS full_text FROM clean_rows c "
                                  "JOIN _sample USING (row_id)")
         finally:
             con.unregister("_sample")
         rows = rows.join(info, on="row_id", how="inner").sort("row_id")
-        x = _all_vectors(con, rows, model_id)
+        if vectors is not None and len(vectors) == len(clustered):
+            x = vectors[rows["_pos"].to_numpy()]
+        else:
+            x = _all_vectors(con, rows, model_id)
         floor = max(0.0, (t - margin - (1 - w)) / w) if w > 0 else 1.0
         i, j, cos = semantic_pairs(x, floor, method="exact")
         score = cos.astype(np.float64)
         if mode == "hybrid" and len(i):
-            num_perm = int(dedup_params.get("num_perm", 128))
-            sig = _cached_signatures(con, rows, num_perm)
-            score = w * cos + (1 - w) * (sig[i] == sig[j]).mean(axis=1) if sig is not None else None
-        if score is not None:
+            sig = minhash_signatures(rows["full_text"].to_list(), num_perm=int(dedup_params.get("num_perm", 128)))
+            score = w * cos + (1 - w) * (sig[i] == sig[j]).mean(axis=1)
+        if len(score):
             keep = np.flatnonzero((score >= t - margin) & (score < t))
             keep = keep[np.argsort(-score[keep], kind="stable")][:n_pairs]
             texts = rows["full_text"].to_list()
@@ -1055,20 +1061,6 @@ def dedup_evidence(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any],
     return DedupEvidence(settings=settings, removed=removed,
                          removed_pairs=[dict(r, similarity=round(float(r["similarity"]), 4)) for r in pairs.iter_rows(named=True)],
                          near_misses=misses)
-
-
-def _cached_signatures(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, num_perm: int) -> np.ndarray | None:
-    """The MinHash signatures dedup stored for ``rows`` (by row hash), or None when any is missing."""
-    con.register("_want", rows.select("row_hash").unique())
-    try:
-        found = wh.frame(con, "SELECT s.row_hash, any_value(s.signature) AS signature FROM dedup_signatures s JOIN _want "
-                              "USING (row_hash) WHERE s.config = ? GROUP BY s.row_hash", [f"minhash-auto-{num_perm}"])
-    finally:
-        con.unregister("_want")
-    table = rows.select("row_hash").join(found, on="row_hash", how="left")
-    if table["signature"].null_count():
-        return None
-    return table["signature"].cast(pl.List(pl.UInt64)).list.to_array(num_perm).to_numpy()
 
 
 def _dedup_review_markdown(ev: Any, recommendation: dict[str, Any] | None) -> str:

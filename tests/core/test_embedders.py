@@ -259,3 +259,39 @@ def test_use_is_cross_lingual():
     assert zh @ en > zh @ other + 0.2, (zh @ en, zh @ other)
     v = use.embed(SENTENCES)
     assert v.shape == (50, 512) and v.dtype == np.float32 and _unit_rows(v[:24])
+
+
+@pytest.mark.slow
+def test_use_in_worker_processes_gives_the_in_process_vectors_in_order():
+    texts = [f"{s} ({i})" for i, s in enumerate(SENTENCES * 6)]  # 300 texts: several pieces of work
+    parallel = E.USEEmbedder(batch_size=16, workers=2, parallel_min_texts=100)
+    seen = []
+    try:
+        v = parallel.embed(texts, progress=lambda done, total: seen.append((done, total)))
+        assert parallel._pool is not None and parallel.workers == 2  # the workers did the work
+        small = parallel.embed(texts[:10])  # below parallel_min_texts: this process
+    finally:
+        parallel.close()
+    alone = E.USEEmbedder(workers=1).embed(texts)
+    np.testing.assert_allclose(v, alone, atol=1e-5)
+    np.testing.assert_allclose(small, alone[:10], atol=1e-5)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1] == (300, 300)
+    assert E.make_embedder({"backend": "use", "workers": 3}).workers == 3
+    assert E.make_embedder({"backend": "use", "workers": 0}).workers == E.cpu_count()
+    with pytest.raises(ValueError, match="embed.workers"):
+        E.make_embedder({"backend": "use", "workers": -1})
+
+
+@pytest.mark.slow
+def test_use_falls_back_to_this_process_when_a_worker_dies():
+    import os
+    import signal
+
+    texts = [f"{s} [{i}]" for i, s in enumerate(SENTENCES * 4)]
+    emb = E.USEEmbedder(batch_size=10, workers=2, parallel_min_texts=50)
+    emb.embed(texts)  # starts the workers
+    for pid in list(emb._pool._processes):
+        os.kill(pid, signal.SIGKILL)
+    v = emb.embed(texts)  # the broken pool is noticed, the rows are embedded here instead
+    assert emb.workers == 1 and emb._pool is None
+    np.testing.assert_allclose(v, E.USEEmbedder(workers=1).embed(texts), atol=1e-5)

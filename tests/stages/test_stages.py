@@ -458,3 +458,35 @@ def test_a_review_raises_the_dedup_threshold_when_dedup_merged_template_siblings
         assert affected_assets(pv.params, proposed.params)[0] == "dedup_sets"  # the sensor re-runs from dedup
         second = dedup_rows(con, proposed.params["dedup"], emb.model_id)
         assert second.counts["rows_removed"] < first.counts["rows_removed"]
+
+
+def test_dedup_evidence_from_held_vectors_equals_the_warehouse_read(home):
+    """The review hands dedup_evidence the vectors it already holds; the near misses it finds that way
+    (hybrid score, signatures computed afresh) are the ones found by reading vectors and stored
+    signatures' inputs from the warehouse."""
+    from purify_assets.stages.cycle import _all_vectors, _labelled, dedup_evidence
+
+    emb = TrigramEmbedder()
+    store = ParamsStore(home / "p.sqlite")
+    pv = store.write(set_path(DEFAULT_PARAMS, "cluster.k", 3), source="user", reason="test")
+    with wh.connect(home / "w.duckdb") as con:
+        load(con, home, "a.jsonl", make_rows(), emb, pv.params)
+        dedup_rows(con, pv.params["dedup"], emb.model_id)
+        cluster_rows(con, pv, emb.model_id)
+        data = _labelled(con, 1, emb.model_id)
+        held = _all_vectors(con, data, emb.model_id)
+        settings = {"semantic_mode": "hybrid", "semantic_threshold": 0.7, "semantic_weight_cosine": 0.5}
+        read = dedup_evidence(con, settings, data, emb.model_id, margin=0.3)
+        given = dedup_evidence(con, settings, data, emb.model_id, margin=0.3, vectors=held)
+        sampled = dedup_evidence(con, settings, data, emb.model_id, margin=0.3, vectors=held, sample=8)
+        # the signatures computed afresh are the ones dedup stored for the same rows
+        from purify_assets.core.dedup import minhash_signatures
+        stored = wh.frame(con, "SELECT concat_ws(chr(10), c.instruction, c.input, c.output) AS full_text, s.signature "
+                               "FROM clean_rows c JOIN dedup_signatures s USING (row_hash) ORDER BY c.row_id LIMIT 5")
+        fresh = minhash_signatures(stored["full_text"].to_list(), num_perm=128)
+        assert fresh.tolist() == stored["signature"].to_list()
+    assert len(read.near_misses) == 30  # template siblings score just below the threshold
+    assert all(0.4 <= m["score"] < 0.7 for m in read.near_misses)
+    assert given.near_misses == read.near_misses
+    # 8 sampled rows: at most 8 distinct texts and 28 pairs among them
+    assert len({t for m in sampled.near_misses for t in (m["a"], m["b"])}) <= 8 and len(sampled.near_misses) <= 28
