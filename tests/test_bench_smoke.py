@@ -125,3 +125,10 @@ def test_targets_met_and_missed_from_results():
     assert by["incremental batch (+10 % rows)"] == "missed"
     assert by["1.7M rows, one full cycle"].startswith("not run (projection")
     assert by["clustering >= 3x faster than BERTopic default at >= ARI"] == "not run"
+    # a second, larger incremental run is reported beside the first, each against the target
+    small = dict(inc, fraction={"median": 0.09, "runs": 2}, settings={"rows": 10000, "new_rows": 1000})
+    large = dict(inc, fraction={"median": 0.13, "runs": 1}, settings={"rows": 100000, "new_rows": 10000})
+    row = next(r for r in run_all.targets({"stages": stages, "incremental": small, "incremental_100k": large})
+               if r["target"].startswith("incremental"))
+    assert row["status"] == "met at 10,000; missed at 100,000"
+    assert row["measured"].startswith("9.0% at 10,000 + 1,000 rows") and "13.0% at 100,000 + 10,000 rows" in row["measured"]
