@@ -362,6 +362,8 @@ def embed_batch(con: duckdb.DuckDBPyConnection, batch_id: str, embedder: Any, ch
     report.counts["rows"] = len(rows)
     report.counts["response_vectors"] = len(answered)
     report.values.update(model_id=model_id, dim=int(getattr(embedder, "dim", 0) or 0), response_vectors=bool(response_vectors))
+    if getattr(embedder, "workers", None):  # the USE encoder's worker processes (1: in the run's own process)
+        report.values["encoder_workers"] = int(embedder.workers)
     usage = getattr(embedder, "usage", None)
     if usage:
         report.values.update({f"usage.{k}": v for k, v in usage.items()})

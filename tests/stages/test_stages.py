@@ -490,3 +490,13 @@ def test_dedup_evidence_from_held_vectors_equals_the_warehouse_read(home):
     assert given.near_misses == read.near_misses
     # 8 sampled rows: at most 8 distinct texts and 28 pairs among them
     assert len({t for m in sampled.near_misses for t in (m["a"], m["b"])}) <= 8 and len(sampled.near_misses) <= 28
+
+
+def test_embed_metadata_names_the_encoder_worker_processes(home):
+    class Workers(TrigramEmbedder):
+        workers = 2
+
+    with wh.connect(home / "w.duckdb") as con:
+        _, plain = load(con, home, "a.jsonl", make_rows(n_topics=2), TrigramEmbedder())
+        _, parallel = load(con, home, "b.jsonl", make_rows(offset=50, n_topics=2), Workers())
+    assert "encoder_workers" not in plain.values and parallel.values["encoder_workers"] == 2
