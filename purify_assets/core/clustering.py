@@ -307,9 +307,9 @@ def _reducer(p: ClusterParams, method: str, n_fit: int, dim: int):
 
         return PCA(n_components=min(p.reduce_dims, dim, n_fit), random_state=p.seed)
     if method == "umap":
-        import umap
+        from purify_assets.core.projection import import_umap
 
-        return umap.UMAP(
+        return import_umap().UMAP(
             n_components=p.reduce_dims,
             n_neighbors=min(p.umap_n_neighbors, n_fit - 1),
             min_dist=p.umap_min_dist,

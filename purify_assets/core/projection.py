@@ -40,9 +40,42 @@ so every method returns (n, n_components).
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import numpy as np
+
+_UMAP_COMPILE_CACHE = False  # numba's disk cache switched on for umap's functions in this process
+
+
+def import_umap():
+    """``umap``, with numba's on-disk cache switched on for its compiled functions.
+
+    umap-learn declares most of its numba functions without ``cache=True``, so every new process
+    compiled them again before its first fit, and Dagster runs every materialization in a new
+    process. With the cache, a fresh process's first UMAP fit of 3,000 rows took 23 s here instead
+    of 42 s (the first process to compile writes the cache; functions umap compiles inside its own
+    closures are still compiled per process). The cache lives beside umap's sources or under
+    ``NUMBA_CACHE_DIR``, and numba drops it when those sources change. Where numba's internals differ
+    from what this expects, umap simply compiles as before.
+    """
+    global _UMAP_COMPILE_CACHE
+    import umap
+
+    if not _UMAP_COMPILE_CACHE:
+        _UMAP_COMPILE_CACHE = True
+        try:
+            from numba.core.caching import NullCache
+            from numba.core.registry import CPUDispatcher
+
+            for name, module in list(sys.modules.items()):
+                if name == "umap" or name.startswith("umap."):
+                    for obj in list(vars(module).values()):
+                        if isinstance(obj, CPUDispatcher) and isinstance(obj._cache, NullCache):
+                            obj.enable_caching()
+        except (ImportError, AttributeError) as exc:  # pragma: no cover - depends on numba's internals
+            warnings.warn(f"numba's disk cache could not be switched on for umap ({exc}); it compiles per process")
+    return umap
 
 METHODS = ("pca", "tsne", "umap")
 CHUNK = 65536
@@ -192,8 +225,7 @@ def project(vectors: np.ndarray, method: str, n_components: int, seed: int = 0, 
             out[rest] = knn_place(x[fit_idx], y_fit, x, knn=knn, rows=rest, neighbours=neighbours)
         return out
 
-    import umap
-
+    umap = import_umap()
     model = umap.UMAP(n_components=n_components, n_neighbors=min(n_neighbors, n_fit - 1), min_dist=min_dist,
                       metric=metric, random_state=seed)
     with warnings.catch_warnings():

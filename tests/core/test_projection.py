@@ -228,3 +228,19 @@ def test_project_takes_a_shared_neighbour_search_and_gives_the_same_map(data, ts
     np.testing.assert_allclose(project(x, "tsne", 2, seed=0, fit_sample=80, neighbours=shared), tsne2, atol=1e-6)
     with pytest.raises(ValueError, match="neighbours cover 5 rows, but 120 rows lie outside"):
         project(x, "tsne", 2, seed=0, fit_sample=80, neighbours=(shared[0][:5], shared[1][:5]))
+
+
+def test_umap_functions_use_numba_disk_cache():
+    """umap's numba functions are declared without cache=True; import_umap switches the disk cache
+    on for them, so a new process (every Dagster run is one) reuses what an earlier one compiled."""
+    from numba.core.caching import FunctionCache
+    from numba.core.registry import CPUDispatcher
+
+    from purify_assets.core.projection import import_umap
+
+    umap = import_umap()
+    assert isinstance(umap.umap_.smooth_knn_dist._cache, FunctionCache)  # declared without cache=True
+    dispatchers = [obj for name, mod in list(__import__("sys").modules.items()) if name.startswith("umap.")
+                   for obj in vars(mod).values() if isinstance(obj, CPUDispatcher)]
+    assert len(dispatchers) > 50 and all(isinstance(d._cache, FunctionCache) for d in dispatchers)
+    assert import_umap() is umap  # once per process
