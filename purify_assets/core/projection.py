@@ -22,8 +22,11 @@ How each method scales (n rows, fit on a sample, place the rest):
   fitted rows, distance-weighted), or with ``UMAP.transform`` when ``umap_place="transform"``.
   ``transform`` re-runs layout epochs for every placed row: at 100k rows it took 104 s of a 2-D
   projection here, the k-NN placement a few seconds; for plots the difference is not visible.
-  ``random_state=seed`` makes it deterministic but single-threaded; the first UMAP fit in a process
-  also pays a numba compile (~10-35 s here).
+  ``random_state=seed`` makes it deterministic but single-threaded. With k-NN placement (the
+  default) and a cosine or euclidean metric, UMAP's neighbour graph is an exact search
+  (``umap_neighbours``) passed in as ``precomputed_knn``: NN-descent's numba code, compiled afresh
+  in every process, cost more than the fit itself; a caller can compute the graph once for the 2-D
+  and 3-D maps (``umap_knn``). ``transform`` placement needs UMAP's own NN-descent index.
 - ``tsne``: scikit-learn's t-SNE has no ``transform``, and its cost grows quickly with n, so it is
   fitted on at most ``min(fit_sample, tsne_max_fit)`` rows (default 5000). Every other row is placed
   at the distance-weighted mean of the 2-D/3-D positions of its ``knn`` (default 10) nearest
@@ -175,7 +178,8 @@ def knn_place(x_fit: np.ndarray, y_fit: np.ndarray, x_rest: np.ndarray, knn: int
 def project(vectors: np.ndarray, method: str, n_components: int, seed: int = 0, fit_sample: int = 20000,
             tsne_max_fit: int = 5000, perplexity: float = 30.0, n_neighbors: int = 15, min_dist: float = 0.1,
             metric: str = "cosine", knn: int = 10, umap_place: str = "knn",
-            tsne_threads: int | None = 1, neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+            tsne_threads: int | None = 1, neighbours: tuple[np.ndarray, np.ndarray] | None = None,
+            umap_knn: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Project ``vectors`` (n x dim) to (n x n_components) float32 with ``method``.
 
     ``fit_sample`` caps the rows a method is fitted on (see the module docstring for how the rest
@@ -184,6 +188,8 @@ def project(vectors: np.ndarray, method: str, n_components: int, seed: int = 0, 
     usual meanings. Deterministic for a seed. ``neighbours`` (``knn_neighbours(x[fit], x, knn,
     rows=rest_indices(n, fit))`` for ``fit = fit_indices(...)``) skips the k-NN search that places
     the rows outside the fit sample, when another map on the same fit rows already did it.
+    ``umap_knn`` (``umap_neighbours(x[fit], min(n_neighbors, len(fit) - 1), metric)``) does the same
+    for UMAP's own neighbour graph, which the 2-D and 3-D maps share.
     """
     if method not in METHODS:
         raise ValueError(f"projection method {method!r} unknown; choose one of {METHODS}")
@@ -226,8 +232,15 @@ def project(vectors: np.ndarray, method: str, n_components: int, seed: int = 0, 
         return out
 
     umap = import_umap()
-    model = umap.UMAP(n_components=n_components, n_neighbors=min(n_neighbors, n_fit - 1), min_dist=min_dist,
-                      metric=metric, random_state=seed)
+    k = min(n_neighbors, n_fit - 1)
+    extra = {}
+    if umap_place == "knn" and metric in EXACT_KNN_METRICS:
+        graph = umap_knn if umap_knn is not None else umap_neighbours(x[fit_idx], k, metric)
+        if graph[0].shape != (n_fit, k):
+            raise ValueError(f"umap_knn has shape {graph[0].shape}; the fit needs ({n_fit}, {k})")
+        extra["precomputed_knn"] = (graph[0], graph[1], None)
+    model = umap.UMAP(n_components=n_components, n_neighbors=k, min_dist=min_dist,
+                      metric=metric, random_state=seed, **extra)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "n_jobs value 1 overridden ... by setting random_state"
         out[fit_idx] = np.asarray(model.fit_transform(x[fit_idx]), dtype=np.float32)
@@ -239,6 +252,57 @@ def project(vectors: np.ndarray, method: str, n_components: int, seed: int = 0, 
             r = rest[s : s + CHUNK]
             out[r] = np.asarray(model.transform(x[r]), dtype=np.float32)
     return out
+
+
+EXACT_KNN_METRICS = ("cosine", "euclidean")
+
+
+def umap_neighbours(x_fit: np.ndarray, k: int, metric: str = "cosine",
+                    block_floats: int = 1 << 25) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``k`` nearest neighbours of every row of ``x_fit`` among those rows (itself first), as
+    UMAP takes them in ``precomputed_knn``: (indices int32, distances float32), each (n, k).
+
+    UMAP otherwise builds this graph with NN-descent (pynndescent), whose numba functions compile
+    afresh in every process: on 20,000 x 512 vectors here a new process spent ~74 s in the first
+    2-D fit and ~17 s in the 3-D one; with this exact search (~8 s, blocks of rows against all
+    rows through BLAS) the two fits took ~13 and ~14 s, and the graph is exact rather than
+    approximate. ``metric`` is "cosine" (1 - cosine similarity) or "euclidean". Blocks hold at most
+    ``block_floats`` similarities (128 MiB).
+    """
+    if metric not in EXACT_KNN_METRICS:
+        raise ValueError(f"exact neighbours support {EXACT_KNN_METRICS}, not {metric!r}")
+    x = np.asarray(x_fit, dtype=np.float32)
+    n = len(x)
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be between 1 and the number of rows ({n}), got {k}")
+    sq = np.einsum("ij,ij->i", x, x)
+    if metric == "cosine":
+        norms = np.sqrt(sq)
+        x = x / np.where(norms > 0, norms, 1.0)[:, None]
+    idx = np.empty((n, k), dtype=np.int32)
+    dist = np.empty((n, k), dtype=np.float32)
+    step = max(1, min(n, block_floats // max(n, 1)))
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        score = x[s:e] @ x.T  # cosine similarity, or the dot product for euclidean
+        if metric == "euclidean":
+            score = 2.0 * score - sq[None, :]  # = |a|^2 - |a - b|^2: ranks b by distance to a
+        rows = np.arange(e - s)
+        score[rows, np.arange(s, e)] = np.inf  # each row is its own first neighbour, even among duplicates
+        part = np.argpartition(-score, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (e - s, 1))
+        top = np.take_along_axis(score, part, axis=1)
+        order = np.argsort(-top, axis=1, kind="stable")
+        part = np.take_along_axis(part, order, axis=1)
+        top = np.take_along_axis(top, order, axis=1)
+        top[:, 0] = 1.0 if metric == "cosine" else sq[s:e]
+        if metric == "cosine":
+            d = np.maximum(0.0, 1.0 - top)
+        else:
+            d = np.sqrt(np.maximum(0.0, sq[s:e, None] - top))
+        idx[s:e] = part
+        dist[s:e] = d
+    dist[:, 0] = 0.0
+    return idx, dist
 
 
 def place(x_fit: np.ndarray, y_fit: np.ndarray, x_new: np.ndarray, method: str, n_components: int,

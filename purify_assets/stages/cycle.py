@@ -578,7 +578,8 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
     Otherwise every method is refitted. ``mode``, ``refit_reason`` and the row counts say which.
     """
     from purify_assets.core.plots import scatter_3d_html, scatter_png
-    from purify_assets.core.projection import fit_indices, knn_neighbours, place, project, rest_indices
+    from purify_assets.core.projection import (EXACT_KNN_METRICS, fit_indices, knn_neighbours, place, project,
+                                               rest_indices, umap_neighbours)
 
     report = StageReport()
     cycle = latest_cycle_or_fail(con)
@@ -643,8 +644,17 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
                         searched[key] = knn_neighbours(vectors[idx], vectors, knn=int(settings.get("knn", 10)),
                                                        rows=rest_indices(n, idx))
                 neighbours = searched[key]
+            umap_knn = None
+            if method == "umap" and places_by_knn and settings.get("metric", "cosine") in EXACT_KNN_METRICS and len(idx) >= 6:
+                key = ("umap_graph", len(idx), hash(idx.tobytes()))
+                if key not in searched:  # UMAP's neighbour graph, shared by its 2-D and 3-D maps
+                    with report.timed("umap_neighbour_graph"):
+                        k = min(int(settings.get("n_neighbors", 15)), len(idx) - 1)
+                        searched[key] = umap_neighbours(vectors[idx], k, settings.get("metric", "cosine"))
+                umap_knn = searched[key]
             with report.timed(f"{method}_{dims}d"):
-                c = project(vectors, method, dims, seed=seed, fit_sample=fit_sample, neighbours=neighbours, **extra)
+                c = project(vectors, method, dims, seed=seed, fit_sample=fit_sample, neighbours=neighbours,
+                            umap_knn=umap_knn, **extra)
             coords[(method, dims)] = c
             fit_frames.append(pl.DataFrame({
                 "config": [config] * len(idx), "method": [method] * len(idx), "dims": pl.Series([dims] * len(idx), dtype=pl.Int32),

@@ -244,3 +244,44 @@ def test_umap_functions_use_numba_disk_cache():
                    for obj in vars(mod).values() if isinstance(obj, CPUDispatcher)]
     assert len(dispatchers) > 50 and all(isinstance(d._cache, FunctionCache) for d in dispatchers)
     assert import_umap() is umap  # once per process
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_umap_neighbours_match_an_exact_search(metric):
+    """The exact graph handed to UMAP: every row first, then its k - 1 nearest others, with
+    sklearn's distances; blocks of any size give the same graph."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from purify_assets.core.projection import umap_neighbours
+
+    x, _ = make_blobs(n_samples=300, centers=5, n_features=16, random_state=1)
+    x = x.astype(np.float32)
+    idx, dist = umap_neighbours(x, 8, metric)
+    ref_d, ref_i = NearestNeighbors(n_neighbors=8, metric=metric, algorithm="brute").fit(x).kneighbors(x)
+    assert idx.shape == dist.shape == (300, 8) and idx.dtype == np.int32 and dist.dtype == np.float32
+    np.testing.assert_array_equal(idx[:, 0], np.arange(300))
+    assert (dist[:, 0] == 0).all() and (np.diff(dist, axis=1) >= -1e-6).all()
+    np.testing.assert_allclose(dist, ref_d, atol=2e-4)
+    assert (np.sort(idx, axis=1) == np.sort(ref_i, axis=1)).mean() > 0.99  # ties aside
+    small = umap_neighbours(x, 8, metric, block_floats=1000)  # 3 rows per block
+    np.testing.assert_array_equal(small[0], idx)
+    dup = np.vstack([x[:1], x[:1], x[1:20]])  # duplicates: each copy still lists itself first
+    np.testing.assert_array_equal(umap_neighbours(dup, 3, metric)[0][:2, 0], [0, 1])
+    with pytest.raises(ValueError, match="exact neighbours support"):
+        umap_neighbours(x, 8, "manhattan")
+    with pytest.raises(ValueError, match="k must be between 1 and the number of rows"):
+        umap_neighbours(x[:5], 6, metric)
+
+
+def test_umap_fits_on_the_exact_graph_and_takes_a_shared_one(data, umap3):
+    """With k-NN placement UMAP fits on the exact neighbour graph instead of running NN-descent:
+    a graph computed once outside (as the stage does for the 2-D and 3-D maps) gives the same map,
+    and a graph of the wrong shape is refused."""
+    from purify_assets.core.projection import umap_neighbours
+
+    x, _ = data
+    fit = fit_indices(len(x), "umap", fit_sample=120)
+    graph = umap_neighbours(x[fit], 15, "cosine")
+    np.testing.assert_allclose(project(x, "umap", 3, seed=0, fit_sample=120, umap_knn=graph), umap3, atol=1e-5)
+    with pytest.raises(ValueError, match=r"umap_knn has shape \(120, 10\); the fit needs \(120, 15\)"):
+        project(x, "umap", 3, seed=0, fit_sample=120, umap_knn=umap_neighbours(x[fit], 10, "cosine"))
