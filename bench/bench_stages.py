@@ -1,11 +1,12 @@
 """Stage throughput and peak memory of one purification cycle on NSMC, at growing sizes.
 
     python bench/bench_stages.py                                   # 10k and 100k, USE encoder
-    python bench/bench_stages.py --sizes 100000,712404 --runs 1 --standin-above 99999 --out bench/results/stages_712k
-                                                                   # all of NSMC, stand-in vectors, growth from 100k
-    python bench/bench_stages.py --sizes 1700000 --runs 1 --standin-above 100000 --out bench/results/stages_1700k \
-        --baseline bench/results/stages_712k.json                  # 1.7M rows (stand-in vectors), growth table
-    python bench/bench_stages.py --sizes 1700000 --standin-above 10000000   # the 1.7M target, real encoder (~21 min of it)
+    python bench/bench_stages.py --sizes 10000,100000,712404,1700000 --runs 3,3,1,1 --standin-above 10000000 \
+        --out bench/results/stages                                 # every size, real encoder (~1.5 h here)
+    python bench/bench_stages.py --sizes 100000 --runs 3 --standin-above 10000000 --out bench/results/stages_100k
+                                                                   # the 100k target alone (run_all prefers the newer file)
+    python bench/bench_stages.py --sizes 712404 --runs 1 --standin-above 99999 --out /tmp/probe \
+        --baseline bench/results/stages.json                       # a memory probe with stand-in vectors, growth table
     python bench/bench_stages.py --smoke                           # 500 rows, seconds, no model
 
 For each size the rows go through every stage the Dagster assets run, called directly (no Dagster
@@ -354,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(C.RESULTS / "stages"), help="output path without extension")
     ap.add_argument("--baseline", action="append", default=[],
                     help="an earlier results .json whose sizes (not measured here) join the growth table, e.g. "
-                         "bench/results/stages_712k.json when measuring 1.7M alone; repeatable")
+                         "bench/results/stages.json when measuring one size alone; repeatable")
     args = ap.parse_args(argv)
 
     if not C.have_data(C.NSMC):

@@ -126,14 +126,19 @@ def targets(results: dict[str, dict[str, Any] | None]) -> list[dict[str, Any]]:
                      "status": (f"not run (projection: {'would meet' if est['ok'] else 'would miss'})" if est else "not run"),
                      "basis": est["basis"] if est else "run `python bench/bench_stages.py --sizes 1700000 --runs 1 --standin-above 10000000`"})
     # 2. 100k full cycle <= 5 min
-    s100 = _size(st, 100_000, real=True) or _size(st, 100_000)
+    s100, st100 = None, None
+    for source in (st, results.get("stages_100k")):  # the newer results file that measured 100k wins
+        found = _size(source, 100_000, real=True) or _size(source, 100_000)
+        if found and (s100 is None or source.get("generated_utc", "") > st100.get("generated_utc", "")):
+            s100, st100 = found, source
     if s100:
         failed = s100.get("failed_stages") or []
         note = f"; {', '.join(failed)} FAILED" if failed else ""
         if not s100["standin_vectors"]:
             secs = s100["full_cycle_seconds"]["median"]
             measured, basis = (f"{secs / 60:.1f} min (embed {s100['stages']['embed']['seconds']['median'] / 60:.1f} min){note}",
-                               f"measured, {s100['embed']['model_id']}")
+                               f"measured, {s100['embed']['model_id']}, median of {s100.get('runs', 1)} run(s)"
+                               + (f", {st100['generated_utc']} UTC" if st100.get("generated_utc") else ""))
         else:
             p = s100.get("projected") or {}
             secs = p.get("full_cycle_seconds_real_encoder", s100["full_cycle_seconds"]["median"])
@@ -298,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {b["name"]: _load(Path(b["json"])) for b in ran if b.get("json") and b["status"] == "ok"}
     if "incremental" in results and (out_dir / "incremental_100k.json").exists():
         results["incremental_100k"] = _load(out_dir / "incremental_100k.json")  # the larger incremental run
+    if "stages" in results and (out_dir / "stages_100k.json").exists():
+        results["stages_100k"] = _load(out_dir / "stages_100k.json")  # a later run of the 100k size alone
     summary = C.header("run_all", ["run_all"] + list(argv if argv is not None else sys.argv[1:]))
     summary.update({
         "mode": "smoke (tiny sizes, stand-in vectors: checks the scripts, not the figures)" if args.smoke else

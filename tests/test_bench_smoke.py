@@ -132,3 +132,15 @@ def test_targets_met_and_missed_from_results():
                if r["target"].startswith("incremental"))
     assert row["status"] == "met at 10,000; missed at 100,000"
     assert row["measured"].startswith("9.0% at 10,000 + 1,000 rows") and "13.0% at 100,000 + 10,000 rows" in row["measured"]
+    # a later run of the 100k size alone (stages_100k) decides the 100k target, an earlier one does not
+    slow = {"sizes": [size(100_000, 320.0, 1000.0)], "generated_utc": "2026-12-02 10:00:00"}
+    fast = {"sizes": [size(100_000, 240.0, 1000.0)], "generated_utc": "2026-12-02 12:00:00"}
+
+    def target_100k(results):
+        return next(r for r in run_all.targets(results) if r["target"].startswith("full cycle on 100k"))
+
+    row = target_100k({"stages": slow, "stages_100k": fast})
+    assert row["status"] == "met" and row["measured"].startswith("4.0 min") and "2026-12-02 12:00:00" in row["basis"]
+    row = target_100k({"stages": fast, "stages_100k": slow})
+    assert row["status"] == "met" and row["measured"].startswith("4.0 min")
+    assert target_100k({"stages": slow})["status"] == "missed"
