@@ -301,17 +301,20 @@ def main(argv: list[str] | None = None) -> int:
         else:
             ran.append(run_bench(name, args.smoke, out_dir, timeout))
     results = {b["name"]: _load(Path(b["json"])) for b in ran if b.get("json") and b["status"] == "ok"}
-    if "incremental" in results and (out_dir / "incremental_100k.json").exists():
-        results["incremental_100k"] = _load(out_dir / "incremental_100k.json")  # the larger incremental run
-    if "stages" in results and (out_dir / "stages_100k.json").exists():
-        results["stages_100k"] = _load(out_dir / "stages_100k.json")  # a later run of the 100k size alone
+    paths = {b["name"]: b["json"] for b in ran if b.get("json") and b["status"] == "ok"}
+    # results files of one more size beside a benchmark's standard one: the larger incremental run,
+    # and a later run of the 100k stage size alone
+    for extra, beside in (("incremental_100k", "incremental"), ("stages_100k", "stages")):
+        if beside in results and (out_dir / f"{extra}.json").exists():
+            results[extra] = _load(out_dir / f"{extra}.json")
+            paths[extra] = str(out_dir / f"{extra}.json")
     summary = C.header("run_all", ["run_all"] + list(argv if argv is not None else sys.argv[1:]))
     summary.update({
         "mode": "smoke (tiny sizes, stand-in vectors: checks the scripts, not the figures)" if args.smoke else
                 "collect" if args.collect else "full",
         "benchmarks": ran, "targets": targets(results),
         "total_seconds": round(time.perf_counter() - started, 1),
-        "results": {k: {"json": next(b["json"] for b in ran if b["name"] == k)} for k in results},
+        "results": {k: {"json": paths[k]} for k in results if results[k] is not None},
     })
     js, md = C.write_results(out_dir / "summary", summary, summary_markdown(summary, out_dir))
     print(f"wrote {js} and {md} ({summary['total_seconds']} s)")

@@ -144,3 +144,19 @@ def test_targets_met_and_missed_from_results():
     row = target_100k({"stages": fast, "stages_100k": slow})
     assert row["status"] == "met" and row["measured"].startswith("4.0 min")
     assert target_100k({"stages": slow})["status"] == "missed"
+
+
+def test_collect_summarizes_the_committed_results_with_their_extra_sizes(tmp_path):
+    """``--collect`` over the results files in the repository, including the extra-size files
+    (incremental_100k, stages_100k) that are not benchmarks of their own."""
+    if not (DATA / "nsmc" / "nsmc_raw_reviews.jsonl").exists():
+        pytest.skip(f"shared data absent ({DATA})")
+    for path in (BENCH / "results").glob("*.json"):
+        if path.stem != "summary":
+            (tmp_path / path.name).write_bytes(path.read_bytes())
+    proc = _run(["--collect", "--out-dir", str(tmp_path)])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text("utf-8"))
+    assert {"stages", "stages_100k", "incremental", "incremental_100k"} <= set(summary["results"])
+    assert summary["results"]["stages_100k"]["json"].endswith("stages_100k.json")
+    assert len(summary["targets"]) == 5
