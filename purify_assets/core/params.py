@@ -185,8 +185,10 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]
 def affected_assets(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Assets to re-materialize when parameters go from ``old`` to ``new``, in graph order.
 
-    A change of ``cluster.k`` re-runs clustering and everything after it; ``review.drop_clusters``
-    re-runs the review onwards; a change in ``clean`` re-runs every batch from ``clean_rows``.
+    A change of ``cluster.k`` re-runs clustering and everything after it; so does
+    ``review.drop_clusters`` (the dropped clusters' rows leave the clustering input; dedup's sets do
+    not depend on clusters, and a duplicate of a dropped row went with it); a change in ``clean``
+    re-runs every batch from ``clean_rows``; a dedup threshold re-runs from ``dedup_sets``.
     """
     firsts = set()
     for path in diff(old, new):

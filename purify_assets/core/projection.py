@@ -258,7 +258,7 @@ EXACT_KNN_METRICS = ("cosine", "euclidean")
 
 
 def umap_neighbours(x_fit: np.ndarray, k: int, metric: str = "cosine",
-                    block_floats: int = 1 << 25) -> tuple[np.ndarray, np.ndarray]:
+                    block_floats: int = 1 << 23) -> tuple[np.ndarray, np.ndarray]:
     """Exact ``k`` nearest neighbours of every row of ``x_fit`` among those rows (itself first), as
     UMAP takes them in ``precomputed_knn``: (indices int32, distances float32), each (n, k).
 
@@ -267,7 +267,9 @@ def umap_neighbours(x_fit: np.ndarray, k: int, metric: str = "cosine",
     2-D fit and ~17 s in the 3-D one; with this exact search (~8 s, blocks of rows against all
     rows through BLAS) the two fits took ~13 and ~14 s, and the graph is exact rather than
     approximate. ``metric`` is "cosine" (1 - cosine similarity) or "euclidean". Blocks hold at most
-    ``block_floats`` similarities (128 MiB).
+    ``block_floats`` scores (32 MiB; with the partition's indices about 100 MiB at a time, which
+    matters because the projection stage holds every vector while it runs: at 712k rows it is the
+    stage with the highest peak).
     """
     if metric not in EXACT_KNN_METRICS:
         raise ValueError(f"exact neighbours support {EXACT_KNN_METRICS}, not {metric!r}")
@@ -289,8 +291,10 @@ def umap_neighbours(x_fit: np.ndarray, k: int, metric: str = "cosine",
             score = 2.0 * score - sq[None, :]  # = |a|^2 - |a - b|^2: ranks b by distance to a
         rows = np.arange(e - s)
         score[rows, np.arange(s, e)] = np.inf  # each row is its own first neighbour, even among duplicates
-        part = np.argpartition(-score, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (e - s, 1))
-        top = np.take_along_axis(score, part, axis=1)
+        np.negative(score, out=score)  # in place: the k smallest are now the k nearest
+        part = np.argpartition(score, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (e - s, 1))
+        top = -np.take_along_axis(score, part, axis=1)
+        del score
         order = np.argsort(-top, axis=1, kind="stable")
         part = np.take_along_axis(part, order, axis=1)
         top = np.take_along_axis(top, order, axis=1)
