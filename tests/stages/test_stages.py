@@ -7,6 +7,7 @@ real backends are tested in tests/core/test_embedders.py and end to end in tests
 
 import hashlib
 import json
+from contextlib import contextmanager
 
 import numpy as np
 import polars as pl
@@ -72,6 +73,20 @@ def load(con, home, name, rows, embedder, params=DEFAULT_PARAMS):
     ingest_batch(con, batch)
     clean_batch(con, batch.batch_key, params["clean"], params["embed"]["text_template"])
     return batch.batch_key, embed_batch(con, batch.batch_key, embedder)
+
+
+@contextmanager
+def clustered(home, rows=None):
+    """A warehouse with ``rows`` (default ``make_rows()``) loaded, deduplicated and clustered (k = 3)
+    in cycle 1: yields (con, embedder, params store, parameter version)."""
+    emb = TrigramEmbedder()
+    store = ParamsStore(home / "p.sqlite")
+    pv = store.write(set_path(DEFAULT_PARAMS, "cluster.k", 3), source="user", reason="test")
+    with wh.connect(home / "w.duckdb") as con:
+        load(con, home, "a.jsonl", make_rows() if rows is None else rows, emb, pv.params)
+        dedup_rows(con, pv.params["dedup"], emb.model_id)
+        cluster_rows(con, pv, emb.model_id)
+        yield con, emb, store, pv
 
 
 def test_embedding_cache_reuses_vectors_across_runs_and_batches(home):
@@ -205,13 +220,7 @@ def test_review_flags_send_rows_back_to_cleaning(home):
 
 
 def test_a_cycle_publishes_exports_and_a_card(home):
-    emb = TrigramEmbedder()
-    store = ParamsStore(home / "p.sqlite")
-    pv = store.write(set_path(DEFAULT_PARAMS, "cluster.k", 3), source="user", reason="test")
-    with wh.connect(home / "w.duckdb") as con:
-        load(con, home, "a.jsonl", make_rows(), emb, pv.params)
-        dedup_rows(con, pv.params["dedup"], emb.model_id)
-        cluster_rows(con, pv, emb.model_id)
+    with clustered(home) as (con, emb, store, pv):
         metrics = measure_clusters(con, pv.params["measure"], emb.model_id)
         assert metrics.counts["clusters"] == 3 and "pca_2d" in metrics.images
         assert 0.0 <= metrics.values["stability"] <= 1.0  # from the k sweep at the current k
@@ -297,16 +306,10 @@ def test_openai_embedder_redacts_pii_before_sending_even_when_cleaning_kept_it()
 def test_text_only_rows_are_not_dropped_for_missing_outputs(home):
     """A plain-text layout (reviews, no output column) has no outputs: the reviewer must not read
     that as 100% empty outputs and drop every cluster."""
-    emb = TrigramEmbedder()
-    store = ParamsStore(home / "p.sqlite")
-    pv = store.write(set_path(DEFAULT_PARAMS, "cluster.k", 3), source="user", reason="test")
     rows = [{"text": f"{adj} movie number {i}, the {noun} was {adj} and I would watch it again"}
             for i, (adj, noun) in enumerate([(a, n) for a in ("great", "dull", "strange", "lovely")
                                               for n in ("plot", "cast", "music", "ending", "pacing")] * 3)]
-    with wh.connect(home / "w.duckdb") as con:
-        load(con, home, "reviews.jsonl", rows, emb, pv.params)
-        dedup_rows(con, pv.params["dedup"], emb.model_id)
-        cluster_rows(con, pv, emb.model_id)
+    with clustered(home, rows) as (con, emb, store, pv):
         measure_clusters(con, pv.params["measure"], emb.model_id)
         review_clusters(con, pv, store, emb.model_id, home / "cache")
         verdicts = [v for (v,) in wh.run(con, "SELECT verdict FROM cluster_reviews WHERE scope = 'cluster'")]
@@ -466,13 +469,7 @@ def test_dedup_evidence_from_held_vectors_equals_the_warehouse_read(home):
     signatures' inputs from the warehouse."""
     from purify_assets.stages.cycle import _all_vectors, _labelled, dedup_evidence
 
-    emb = TrigramEmbedder()
-    store = ParamsStore(home / "p.sqlite")
-    pv = store.write(set_path(DEFAULT_PARAMS, "cluster.k", 3), source="user", reason="test")
-    with wh.connect(home / "w.duckdb") as con:
-        load(con, home, "a.jsonl", make_rows(), emb, pv.params)
-        dedup_rows(con, pv.params["dedup"], emb.model_id)
-        cluster_rows(con, pv, emb.model_id)
+    with clustered(home) as (con, emb, store, pv):
         data = _labelled(con, 1, emb.model_id)
         held = _all_vectors(con, data, emb.model_id)
         settings = {"semantic_mode": "hybrid", "semantic_threshold": 0.7, "semantic_weight_cosine": 0.5}
