@@ -144,6 +144,12 @@ def test_targets_met_and_missed_from_results():
     row = target_100k({"stages": fast, "stages_100k": slow})
     assert row["status"] == "met" and row["measured"].startswith("4.0 min")
     assert target_100k({"stages": slow})["status"] == "missed"
+    # the 712k memory target: a real-encoder run counts before a newer stand-in probe, any file name
+    real = {"sizes": [size(712_404, 1200.0, 3900.0)], "generated_utc": "2026-12-02 09:00:00"}
+    probe = {"sizes": [size(712_404, 600.0, 4500.0, standin=True)], "generated_utc": "2026-12-02 13:00:00",
+             "embed_rate": {"peak_rss_mb": 600.0}}
+    row = next(r for r in run_all.targets({"stages": probe, "stages_712k": real}) if r["target"].startswith("peak memory"))
+    assert row["status"] == "met" and row["measured"] == "3.81 GiB" and "09:00:00" in row["basis"]
 
 
 def test_collect_summarizes_the_committed_results_with_their_extra_sizes(tmp_path):
