@@ -315,8 +315,8 @@ def main(argv: list[str] | None = None) -> int:
                 ran.append(run_bench(name, True, out_dir, min(timeout, left)))
         else:
             ran.append(run_bench(name, args.smoke, out_dir, timeout))
-    results = {b["name"]: _load(Path(b["json"])) for b in ran if b.get("json") and b["status"] == "ok"}
     paths = {b["name"]: b["json"] for b in ran if b.get("json") and b["status"] == "ok"}
+    results = {name: _load(Path(path)) for name, path in paths.items()}
     # results files of more sizes beside a benchmark's standard one: the larger incremental run, and
     # later runs of single stage sizes (stages_100k, stages_712k ...); each target takes the newest
     extras = [("incremental_100k", "incremental")] + [(f.stem, "stages") for f in sorted(out_dir.glob("stages_*.json"))]

@@ -188,8 +188,8 @@ def project(vectors: np.ndarray, method: str, n_components: int, seed: int = 0, 
     usual meanings. Deterministic for a seed. ``neighbours`` (``knn_neighbours(x[fit], x, knn,
     rows=rest_indices(n, fit))`` for ``fit = fit_indices(...)``) skips the k-NN search that places
     the rows outside the fit sample, when another map on the same fit rows already did it.
-    ``umap_knn`` (``umap_neighbours(x[fit], min(n_neighbors, len(fit) - 1), metric)``) does the same
-    for UMAP's own neighbour graph, which the 2-D and 3-D maps share.
+    ``umap_knn`` (``umap_graph(x[fit], n_neighbors, metric, umap_place)``) does the same for UMAP's
+    own neighbour graph, which the 2-D and 3-D maps share.
     """
     if method not in METHODS:
         raise ValueError(f"projection method {method!r} unknown; choose one of {METHODS}")
@@ -234,8 +234,8 @@ def project(vectors: np.ndarray, method: str, n_components: int, seed: int = 0, 
     umap = import_umap()
     k = min(n_neighbors, n_fit - 1)
     extra = {}
-    if umap_place == "knn" and metric in EXACT_KNN_METRICS:
-        graph = umap_knn if umap_knn is not None else umap_neighbours(x[fit_idx], k, metric)
+    graph = umap_knn if umap_knn is not None else umap_graph(x[fit_idx], n_neighbors, metric, umap_place)
+    if graph is not None:
         if graph[0].shape != (n_fit, k):
             raise ValueError(f"umap_knn has shape {graph[0].shape}; the fit needs ({n_fit}, {k})")
         extra["precomputed_knn"] = (graph[0], graph[1], None)
@@ -255,6 +255,18 @@ def project(vectors: np.ndarray, method: str, n_components: int, seed: int = 0, 
 
 
 EXACT_KNN_METRICS = ("cosine", "euclidean")
+
+
+def umap_graph(x_fit: np.ndarray, n_neighbors: int = 15, metric: str = "cosine",
+               umap_place: str = "knn") -> tuple[np.ndarray, np.ndarray] | None:
+    """The neighbour graph ``project`` hands a UMAP fit on the rows ``x_fit`` with these settings, or
+    None where it lets UMAP build its own: ``transform`` placement (it needs UMAP's NN-descent
+    index), a metric other than ``EXACT_KNN_METRICS``, or a fit so small it falls back to PCA.
+    Computed once, it serves the 2-D and the 3-D map (``project(..., umap_knn=...)``)."""
+    n_fit = len(x_fit)
+    if umap_place != "knn" or metric not in EXACT_KNN_METRICS or _uses_pca("umap", n_fit, 2):
+        return None
+    return umap_neighbours(x_fit, min(n_neighbors, n_fit - 1), metric)
 
 
 def umap_neighbours(x_fit: np.ndarray, k: int, metric: str = "cosine",
@@ -292,20 +304,19 @@ def umap_neighbours(x_fit: np.ndarray, k: int, metric: str = "cosine",
         rows = np.arange(e - s)
         score[rows, np.arange(s, e)] = np.inf  # each row is its own first neighbour, even among duplicates
         np.negative(score, out=score)  # in place: the k smallest are now the k nearest
-        part = np.argpartition(score, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (e - s, 1))
+        part = np.argpartition(score, k - 1, axis=1)[:, :k]
         top = -np.take_along_axis(score, part, axis=1)
         del score
         order = np.argsort(-top, axis=1, kind="stable")
         part = np.take_along_axis(part, order, axis=1)
         top = np.take_along_axis(top, order, axis=1)
-        top[:, 0] = 1.0 if metric == "cosine" else sq[s:e]
         if metric == "cosine":
             d = np.maximum(0.0, 1.0 - top)
         else:
             d = np.sqrt(np.maximum(0.0, sq[s:e, None] - top))
         idx[s:e] = part
         dist[s:e] = d
-    dist[:, 0] = 0.0
+    dist[:, 0] = 0.0  # the row itself (its score was set to infinity above)
     return idx, dist
 
 

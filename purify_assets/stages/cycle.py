@@ -578,8 +578,7 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
     Otherwise every method is refitted. ``mode``, ``refit_reason`` and the row counts say which.
     """
     from purify_assets.core.plots import scatter_3d_html, scatter_png
-    from purify_assets.core.projection import (EXACT_KNN_METRICS, fit_indices, knn_neighbours, place, project,
-                                               rest_indices, umap_neighbours)
+    from purify_assets.core.projection import fit_indices, knn_neighbours, place, project, rest_indices, umap_graph
 
     report = StageReport()
     cycle = latest_cycle_or_fail(con)
@@ -645,12 +644,12 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
                                                        rows=rest_indices(n, idx))
                 neighbours = searched[key]
             umap_knn = None
-            if method == "umap" and places_by_knn and settings.get("metric", "cosine") in EXACT_KNN_METRICS and len(idx) >= 6:
+            if method == "umap":
                 key = ("umap_graph", len(idx), hash(idx.tobytes()))
                 if key not in searched:  # UMAP's neighbour graph, shared by its 2-D and 3-D maps
                     with report.timed("umap_neighbour_graph"):
-                        k = min(int(settings.get("n_neighbors", 15)), len(idx) - 1)
-                        searched[key] = umap_neighbours(vectors[idx], k, settings.get("metric", "cosine"))
+                        graph_settings = {k: extra[k] for k in ("n_neighbors", "metric", "umap_place") if k in extra}
+                        searched[key] = umap_graph(vectors[idx], **graph_settings)
                 umap_knn = searched[key]
             with report.timed(f"{method}_{dims}d"):
                 c = project(vectors, method, dims, seed=seed, fit_sample=fit_sample, neighbours=neighbours,
