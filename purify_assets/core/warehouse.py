@@ -342,8 +342,19 @@ def _fill_matrix(reader: Any, n_rows: int, dtype: np.dtype, positions_of: Any) -
         wanted = pos >= 0
         if not wanted.any():
             continue
-        if not wanted.all():
-            sel = np.flatnonzero(wanted)
+        sel = None if wanted.all() else np.flatnonzero(wanted)
+        if sel is not None and not values.null_count and out is not None:
+            # common case (a scan by rowid that skips some rows): when every list of the batch has the
+            # matrix's width, the batch is one (rows x width) block and the wanted rows are picked in
+            # numpy, instead of Arrow's take copying the lists first
+            offsets = values.offsets.to_numpy()
+            if (np.diff(offsets) == out.shape[1]).all():
+                block = values.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+                block = block.to_numpy(zero_copy_only=False).reshape(len(values), out.shape[1])
+                out[pos[sel]] = block[sel]
+                filled[pos[sel]] = True
+                continue
+        if sel is not None:
             values = values.take(sel)
             pos = pos[sel]
         if values.null_count:

@@ -88,6 +88,27 @@ def test_matrix_from_query_names_the_row_of_a_ragged_or_null_list(tmp_path):
             wh.matrix_from_query(con, "SELECT * FROM (VALUES (0, [1.0]), (1, NULL)) t(p, v)", None, 2)
 
 
+def test_matrix_by_rowid_checks_lists_in_batches_where_some_rows_are_skipped(tmp_path):
+    """Later batches with skipped rows take the numpy block path only when every list has the
+    matrix's width: a ragged or NULL list among them, wanted or not, still gets the checked path."""
+    import numpy as np
+
+    with wh.connect(tmp_path / "w.duckdb") as con:
+        wh.run(con, "CREATE TABLE t AS SELECT i AS id, [i::FLOAT, 0, 1] AS v FROM range(40) r(i)")
+        wh.run(con, "UPDATE t SET v = [1.0, 2] WHERE id = 21")  # ragged, in the second batch, not wanted
+        wh.run(con, "UPDATE t SET v = NULL WHERE id = 30")  # NULL, in the second batch, not wanted
+        rid = con.sql("SELECT rowid AS rid, id FROM t ORDER BY id").fetchnumpy()
+        keep = (rid["id"] != 21) & (rid["id"] != 30) & (rid["id"] % 4 != 1)
+        out, filled = wh.matrix_by_rowid(con, "t", "v", rid["rid"][keep], np.arange(int(keep.sum())), int(keep.sum()),
+                                         batch_rows=16)
+        assert filled.all()
+        np.testing.assert_array_equal(out[:, 0], rid["id"][keep].astype(np.float32))
+        np.testing.assert_array_equal(out[:, 1:], np.tile([0.0, 1.0], (int(keep.sum()), 1)))
+        wanted = rid["id"] != 30  # now 21 is wanted: its row is named
+        with pytest.raises(ValueError, match="row 21: a list of 2 values where the others have 3"):
+            wh.matrix_by_rowid(con, "t", "v", rid["rid"][wanted], rid["id"][wanted], 40, batch_rows=16)
+
+
 def test_connections_set_the_memory_limit_and_refuse_a_bad_one(tmp_path, monkeypatch):
     path = tmp_path / "w.duckdb"
     monkeypatch.delenv("PURIFY_DUCKDB_MEMORY_LIMIT", raising=False)
