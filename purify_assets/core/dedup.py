@@ -8,7 +8,8 @@ instruction, materially different responses) removes nothing: its rows are flagg
 Representative rule: longest response, then earliest row id (documented in the README).
 
 - ``exact_duplicates(row_ids, row_hashes, response_lengths)``
-- ``minhash_signatures(texts, num_perm=128, shingle="auto", ngram=None)`` -> (n, num_perm) uint64
+- ``minhash_signatures(texts, num_perm=128, shingle="auto", ngram=None)`` -> (n, num_perm) uint64;
+  ``compact_signatures`` -> the same values as uint32 (half the memory), accepted everywhere
 - ``near_duplicates(row_ids, signatures, threshold=0.5, ...)``
 - ``semantic_duplicates(row_ids, vectors, threshold=0.9, ...)``
 - ``hybrid_duplicates(row_ids, vectors, signatures, threshold=0.5, weight_cosine=0.6, ...)``
@@ -91,6 +92,31 @@ EMPTY_SIGNATURE_VALUE = np.uint64(np.iinfo(np.uint64).max)
 
 DEFAULT_CHAR_NGRAM = 3
 DEFAULT_WORD_NGRAM = 3
+
+
+def compact_signatures(signatures: np.ndarray) -> np.ndarray:
+    """MinHash signatures in half the memory: uint32. Every MinHash value is below 2**32, so the
+    values are kept exactly; the empty-text marker (``EMPTY_SIGNATURE_VALUE``) becomes 2**32 - 1.
+    Every finder here accepts either form and gives the same pairs and sets (keys, bands and
+    comparisons depend on the values only); at 1.7M rows x 128 slots the compact form is 0.8 GB
+    instead of 1.7 GB. A real slot can equal 2**32 - 1 too (chance 2**-32 for a one-shingle text);
+    such a row is then taken for an empty text by the near search, which skips empty texts."""
+    sig = np.asarray(signatures)
+    if sig.dtype == np.uint32:
+        return sig
+    if sig.dtype != np.uint64:
+        raise ValueError(f"signatures must be uint64 (minhash_signatures) or uint32, got {sig.dtype}")
+    return sig.astype(np.uint32)  # keeps the low 32 bits: the values themselves, and 2**32 - 1 for the marker
+
+
+def _signature_array(signatures: np.ndarray) -> np.ndarray:
+    """``signatures`` as a uint32 (compact) or uint64 array, never copied when already one of them."""
+    sig = np.asarray(signatures)
+    return sig if sig.dtype in (np.uint32, np.uint64) else sig.astype(np.uint64)
+
+
+def _empty_marker(dtype: np.dtype) -> np.unsignedinteger:
+    return np.uint32(np.iinfo(np.uint32).max) if dtype == np.uint32 else EMPTY_SIGNATURE_VALUE
 
 
 def empty_sets() -> pl.DataFrame:
@@ -558,8 +584,7 @@ def near_pairs(
     n = sig.shape[0]
     if sig.shape[1] != num_perm:
         raise ValueError(f"signatures have {sig.shape[1]} permutations but num_perm={num_perm}")
-    if sig.dtype != np.uint64:
-        sig = sig.astype(np.uint64)
+    sig = _signature_array(sig)
     new = _mask(new_mask, n)
     if bands is None:
         bands, rows = lsh_params(threshold, num_perm)
@@ -570,7 +595,7 @@ def near_pairs(
     ei: list[np.ndarray] = []
     ej: list[np.ndarray] = []
     # 1) identical signatures -> one node
-    cand = np.flatnonzero(sig[:, 0] != EMPTY_SIGNATURE_VALUE)
+    cand = np.flatnonzero(sig[:, 0] != _empty_marker(sig.dtype))
     node_new = new[cand] if new is not None else np.ones(len(cand), bool)
     # keys block by block: ``sig[cand]`` at once would copy the whole signature matrix
     keys = np.concatenate([_row_keys(sig[cand[lo:lo + 65536]]) for lo in range(0, len(cand), 65536)]) \
@@ -704,8 +729,7 @@ def near_duplicates(
     sig = np.asarray(signatures)
     if sig.ndim != 2 or sig.shape[0] != n:
         raise ValueError(f"signatures must have shape ({n}, num_perm), got {sig.shape}")
-    if sig.dtype != np.uint64:
-        sig = sig.astype(np.uint64)
+    sig = _signature_array(sig)
     lengths = _lengths(response_lengths, n)
     new = _mask(new_mask, n)
     i, j, _ = near_pairs(sig, threshold, num_perm, new, bands=bands, max_bucket=max_bucket)
@@ -1102,8 +1126,7 @@ def lsh_candidate_pairs(
     sig = np.asarray(signatures)
     if sig.ndim != 2:
         raise ValueError(f"signatures must be a 2-D (rows, num_perm) array, got shape {sig.shape}")
-    if sig.dtype != np.uint64:
-        sig = sig.astype(np.uint64)
+    sig = _signature_array(sig)
     n, num_perm = sig.shape
     new = _mask(new_mask, n)
     if bands is None:
@@ -1124,7 +1147,7 @@ def lsh_candidate_pairs(
     # one byte per slot of each distinct signature for the screening pass (no copy of the signatures)
     low = np.empty((n_groups, num_perm), dtype=np.uint8)
     for lo in range(0, n_groups, 65536):
-        low[lo:lo + 65536] = sig[first[lo:lo + 65536]] & np.uint64(0xFF)
+        low[lo:lo + 65536] = sig[first[lo:lo + 65536]] & 0xFF
     need = int(np.ceil(jaccard * num_perm - 1e-9))
     found: list[np.ndarray] = []
     for band in range(bands):
@@ -1326,7 +1349,7 @@ def conflicting_responses(
     _check_len("responses", responses, n)
 
     # response representation
-    if isinstance(responses, np.ndarray) and responses.ndim == 2 and responses.dtype == np.uint64:
+    if isinstance(responses, np.ndarray) and responses.ndim == 2 and responses.dtype in (np.uint64, np.uint32):
         rsig = responses
         rvec = None
     elif isinstance(responses, np.ndarray) and responses.ndim == 2:
@@ -1346,7 +1369,7 @@ def conflicting_responses(
 
     # instruction groups
     if isinstance(instructions, np.ndarray) and instructions.ndim == 2:
-        if instructions.dtype == np.uint64:
+        if instructions.dtype in (np.uint64, np.uint32):
             t = 0.8 if instruction_threshold is None else instruction_threshold
             groups = near_duplicates(ids.tolist(), instructions, threshold=t, num_perm=instructions.shape[1])
         else:

@@ -85,15 +85,17 @@ def _dedup_config(dedup_params: dict[str, Any], model_id: str) -> str:
 
 
 def _signatures(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, num_perm: int, report: StageReport) -> np.ndarray:
-    """MinHash signatures of every row of ``rows`` (uint64 matrix, one row each, in order); cached in
-    ``dedup_signatures`` by (row hash, shingle config), so only row hashes never seen are hashed. The
-    cached ones stream straight into the matrix (``warehouse.matrix_from_query``)."""
-    from purify_assets.core.dedup import minhash_signatures
+    """MinHash signatures of every row of ``rows`` (one matrix row each, in order), in the compact
+    uint32 form (``dedup.compact_signatures``: half the memory of uint64, at 1.7M rows 0.8 GB less
+    at the stage's peak); cached in ``dedup_signatures`` (UBIGINT[]) by (row hash, shingle config),
+    so only row hashes never seen are hashed. The cached ones stream straight into the matrix."""
+    from purify_assets.core.dedup import compact_signatures, minhash_signatures
 
     config = f"minhash-auto-{num_perm}"
-    sig, found = _lists_for(con, rows, "dedup_signatures", "signature", ["row_hash"], "e.config = ?", [config], np.uint64)
+    # stored values are below 2**32 (or the empty marker, which the cast maps to 2**32 - 1, as compact_signatures does)
+    sig, found = _lists_for(con, rows, "dedup_signatures", "signature", ["row_hash"], "e.config = ?", [config], np.uint32)
     if sig.shape[1] != num_perm:
-        sig = np.zeros((len(rows), num_perm), dtype=np.uint64)  # nothing cached yet
+        sig = np.zeros((len(rows), num_perm), dtype=np.uint32)  # nothing cached yet
     missing_pos = np.flatnonzero(~found)
     missing = rows.select("row_hash").with_row_index("_pos")[missing_pos] if len(missing_pos) else None
     unique = None
@@ -118,7 +120,7 @@ def _signatures(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, num_perm: in
         # every missing row (copies of one hash included) takes its hash's new signature
         where = missing.select("_pos", "row_hash").join(unique.select("row_hash").with_row_index("_new"), on="row_hash",
                                                         how="left", maintain_order="left")
-        sig[where["_pos"].to_numpy()] = fresh_sig[where["_new"].to_numpy()]
+        sig[where["_pos"].to_numpy()] = compact_signatures(fresh_sig)[where["_new"].to_numpy()]
     return sig
 
 

@@ -577,3 +577,37 @@ def test_minhash_estimates_jaccard_as_well_as_datasketch_on_the_same_shingles():
     assert err_ours.mean() < 0.025 and err_peer.mean() < 0.025  # measured: 0.016 and 0.018
     assert err_ours.max() < 0.1 and err_ours.mean() < err_peer.mean() + 0.005
     assert np.corrcoef(ours, peer)[0, 1] > 0.98
+
+
+def test_compact_signatures_give_the_same_pairs_and_sets_in_half_the_memory():
+    """The dedup stage holds signatures as uint32: every finder must answer exactly as with uint64,
+    empty texts (whose marker changes from 2**64 - 1 to 2**32 - 1) and identical copies included."""
+    texts, x = _hybrid_fixture(seed=5)
+    texts = texts + ["", "", "   "] + [texts[0]] * 3
+    x = np.vstack([x, x[:1].repeat(6, axis=0)])
+    sig = d.minhash_signatures(texts)
+    small = d.compact_signatures(sig)
+    assert small.dtype == np.uint32 and small.nbytes * 2 == sig.nbytes
+    assert (small.astype(np.uint64) == np.where(sig == d.EMPTY_SIGNATURE_VALUE, np.uint64(2**32 - 1), sig)).all()
+    assert d.compact_signatures(small) is small
+    with pytest.raises(ValueError, match="uint64"):
+        d.compact_signatures(sig.astype(np.int64))
+    ids = _ids(len(texts))
+    lengths = [len(t) for t in texts]
+    new_mask = np.arange(len(texts)) % 3 == 0
+    for mask in (None, new_mask):
+        for a, b in zip(d.near_pairs(sig, 0.5, new_mask=mask), d.near_pairs(small, 0.5, new_mask=mask)):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(d.lsh_candidate_pairs(sig, 0.6, mask), d.lsh_candidate_pairs(small, 0.6, mask)):
+            np.testing.assert_array_equal(a, b)
+        near = d.near_duplicates(ids, sig, threshold=0.5, new_mask=mask, response_lengths=lengths)
+        assert near.height > 0 and near.equals(d.near_duplicates(ids, small, threshold=0.5, new_mask=mask,
+                                                                 response_lengths=lengths))
+        for candidates in ("lsh", "union"):
+            kw = dict(threshold=0.8, weight_cosine=0.5, candidates=candidates, new_mask=mask, response_lengths=lengths)
+            hybrid = d.hybrid_duplicates(ids, x, sig, **kw)
+            assert hybrid.height > 0 and hybrid.equals(d.hybrid_duplicates(ids, x, small, **kw))
+    # the empty texts pair with each other in neither form of the near search
+    empty = {ids[k] for k, t in enumerate(texts) if not t.strip()}
+    assert not any(set(g["row_id"].to_list()) & empty for _, g in
+                   d.near_duplicates(ids, small, threshold=0.5).group_by("set_id"))
