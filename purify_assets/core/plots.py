@@ -41,7 +41,10 @@ def _palette(m: int) -> list[str]:
     return out
 
 
-def _subsample(n: int, max_points: int, seed: int) -> np.ndarray:
+def drawn_points(n: int, max_points: int, seed: int = 0) -> np.ndarray:
+    """Sorted positions of the points a plot of ``n`` points draws with these ``max_points`` and
+    ``seed`` (all of them up to ``max_points``). A caller that reads hover texts from a warehouse
+    reads only these rows' texts; the others may be None."""
     if n <= max_points:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
@@ -77,7 +80,7 @@ def scatter_png(coords: np.ndarray, labels: np.ndarray, title: str, max_points: 
 
     c, lab = _check(coords, labels, 2)
     n = len(lab)
-    idx = _subsample(n, max_points, seed)
+    idx = drawn_points(n, max_points, seed)
     cs, ls = c[idx], lab[idx]
     ids = np.unique(lab[lab >= 0])
     colors = dict(zip(ids.tolist(), _palette(len(ids))))
@@ -113,15 +116,16 @@ def scatter_png(coords: np.ndarray, labels: np.ndarray, title: str, max_points: 
 def scatter_3d_html(coords: np.ndarray, labels: np.ndarray, hover_texts: Sequence[str] | None, title: str,
                     max_points: int = 20000, seed: int = 0, hover_chars: int = 200) -> str:
     """Interactive 3-D scatter (plotly), one trace per cluster (click the legend to hide one),
-    noise grey and small. At most ``max_points`` points (seeded subsample); hover shows the cluster
-    and the first ``hover_chars`` characters of the text (HTML-escaped)."""
+    noise grey and small. At most ``max_points`` points (seeded subsample, ``drawn_points``); hover
+    shows the cluster and the first ``hover_chars`` characters of the text (HTML-escaped).
+    ``hover_texts`` has one item per point; only those of the drawn points are read."""
     import plotly.graph_objects as go
 
     c, lab = _check(coords, labels, 3)
     n = len(lab)
     if hover_texts is not None and len(hover_texts) != n:
         raise ValueError(f"hover_texts has {len(hover_texts)} items, expected {n}")
-    idx = _subsample(n, max_points, seed)
+    idx = drawn_points(n, max_points, seed)
     ids = np.unique(lab[lab >= 0])
     colors = dict(zip(ids.tolist(), _palette(len(ids))))
     full_sizes = dict(zip(*np.unique(lab, return_counts=True)))

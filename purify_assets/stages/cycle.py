@@ -567,6 +567,24 @@ def _projection_plan(con: duckdb.DuckDBPyConnection, data: pl.DataFrame, config:
                 old=old, known=known)
 
 
+def _hover_texts(con: duckdb.DuckDBPyConnection, row_ids: pl.Series, positions: np.ndarray, max_chars: int) -> list[str | None]:
+    """One item per row of ``row_ids``: the first ``max_chars`` characters of the embedded text for
+    the rows at ``positions`` (the points a plot draws, ``plots.drawn_points``), None elsewhere. At
+    712k rows a plot of 20,000 points needs 3 % of the texts; reading them all held ~300 MB more."""
+    out: list[str | None] = [None] * len(row_ids)
+    if len(positions) == 0:
+        return out
+    con.register("_hover_rows", pl.DataFrame({"row_id": row_ids.gather(positions), "_pos": np.asarray(positions, np.int64)}))
+    try:
+        found = wh.frame(con, "SELECT k._pos, left(c.text, ?) AS text FROM _hover_rows k JOIN clean_rows c USING (row_id)",
+                         [max_chars])
+    finally:
+        con.unregister("_hover_rows")
+    for pos, text in found.iter_rows():
+        out[pos] = text
+    return out
+
+
 @releases_memory
 def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any], model_id: str, plots_dir: Path,
                  log: Log = _no_log) -> StageReport:
@@ -579,7 +597,7 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
     stored fit (``core.projection.place``); the current labels are joined and the plots redrawn.
     Otherwise every method is refitted. ``mode``, ``refit_reason`` and the row counts say which.
     """
-    from purify_assets.core.plots import scatter_3d_html, scatter_png
+    from purify_assets.core.plots import drawn_points, scatter_3d_html, scatter_png
     from purify_assets.core.projection import fit_indices, knn_neighbours, place, project, rest_indices, umap_graph
 
     report = StageReport()
@@ -590,7 +608,7 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
     methods, seed, fit_sample = settings["methods"], settings["seed"], settings["fit_sample"]
     combos = [(method, dims) for method in methods for dims in (2, 3)]
     with report.timed("load"):
-        data = _labelled(con, cycle, model_id, with_text=True)
+        data = _labelled(con, cycle, model_id)  # texts only for the points the 3-D plots draw, read below
         plan = _projection_plan(con, data, config, combos, settings, refit_share, model_id)
     n = len(data)
     labels = data["cluster"].to_numpy()
@@ -671,6 +689,7 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
     # at 11k rows a PNG takes ~0.1 s and an HTML ~0.1 s to build here, so the plots' own caps stand
     png_points = int(project_params.get("plot_points", 50000))
     html_points = int(project_params.get("plot_points_3d", 20000))
+    hover = _hover_texts(con, data["row_id"], drawn_points(n, html_points), 120) if any(d == 3 for _, d in combos) else None
     for method, dims in combos:
         c = coords[(method, dims)]
         frames.append(pl.DataFrame({
@@ -686,8 +705,7 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
                 report.images[f"{method}_2d"] = png
                 (plots_dir / f"cycle{cycle}_{method}_2d.png").write_bytes(png)
             else:
-                html = scatter_3d_html(c, labels, data["text"].str.slice(0, 120).to_list(),
-                                       f"cycle {cycle}: {method.upper()} 3-D{note}", max_points=html_points)
+                html = scatter_3d_html(c, labels, hover, f"cycle {cycle}: {method.upper()} 3-D{note}", max_points=html_points)
                 path = plots_dir / f"cycle{cycle}_{method}_3d.html"
                 path.write_text(html, "utf-8")
                 report.files[f"{method}_3d_html"] = str(path)

@@ -285,3 +285,28 @@ def test_many_new_rows_or_a_density_clustering_refit_the_clusters(home):
         assert report.values["mode"] == "refit" and "only K-means" in report.values["refit_reason"]
         assert wh.scalar(con, "SELECT count(*) FROM cluster_fit") == 0
         assert wh.scalar(con, "SELECT count(*) FROM fit_state WHERE stage = 'clusters'") == 0
+
+
+def test_the_3d_plot_reads_the_hover_texts_of_the_drawn_points_only(home):
+    from purify_assets.core.plots import drawn_points
+    from purify_assets.stages.cycle import _hover_texts
+
+    with wh.connect(home / "w.duckdb") as con:
+        cy = Cycle(home, con, project={"methods": ["pca"], "seed": 0, "plot_points_3d": 25})
+        cy.land(make_rows())
+        cy.run(with_measure=False)
+        rows = wh.frame(con, "SELECT l.row_id, c.text FROM cluster_labels l JOIN clean_rows c USING (row_id) "
+                             "WHERE l.cycle = 1 ORDER BY l.row_id")
+        drawn = drawn_points(len(rows), 25)
+        assert 0 < len(drawn) == 25 < len(rows)
+        hover = _hover_texts(con, rows["row_id"], drawn, 120)
+        texts = rows["text"].to_list()
+        assert [hover[i] for i in drawn] == [t[:120] for t in (texts[i] for i in drawn)]
+        assert sum(h is not None for h in hover) == 25
+        page = (home / "plots" / "cycle1_pca_3d.html").read_text("utf-8")
+        shown = [t for i, t in enumerate(texts) if i in set(drawn.tolist())]
+        hidden = [t for i, t in enumerate(texts) if i not in set(drawn.tolist())]
+        import html as h
+        assert all(h.escape(t[:120]) in page for t in shown)
+        assert not any(h.escape(t[:120]) in page for t in hidden if not any(t[:120] in s for s in shown))
+        assert "showing 25 of" in page
