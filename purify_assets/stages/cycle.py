@@ -570,7 +570,8 @@ def _projection_plan(con: duckdb.DuckDBPyConnection, data: pl.DataFrame, config:
 def _hover_texts(con: duckdb.DuckDBPyConnection, row_ids: pl.Series, positions: np.ndarray, max_chars: int) -> list[str | None]:
     """One item per row of ``row_ids``: the first ``max_chars`` characters of the embedded text for
     the rows at ``positions`` (the points a plot draws, ``plots.drawn_points``), None elsewhere. At
-    712k rows a plot of 20,000 points needs 3 % of the texts; reading them all held ~300 MB more."""
+    712k rows a plot of 20,000 points needs 3 % of the texts; reading every row's texts (and copying
+    them into a list) raised the stage's peak from 3,200 to 3,371 MiB."""
     out: list[str | None] = [None] * len(row_ids)
     if len(positions) == 0:
         return out
