@@ -327,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = C.header("run_all", ["run_all"] + list(argv if argv is not None else sys.argv[1:]))
     summary.update({
         "mode": "smoke (tiny sizes, stand-in vectors: checks the scripts, not the figures)" if args.smoke else
-                "collect" if args.collect else "full",
+                ("collect (nothing run: every figure comes from its results file, which records the machine and "
+                 "load it ran under; the machine line above is the one that built this summary)") if args.collect else "full",
         "benchmarks": ran, "targets": targets(results),
         "total_seconds": round(time.perf_counter() - started, 1),
         "results": {k: {"json": paths[k]} for k in results if results[k] is not None},
