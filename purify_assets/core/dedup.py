@@ -776,15 +776,18 @@ def _cosines(x: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 65536) ->
 
 
 def _exact_pairs(x: np.ndarray, threshold: float, queries: np.ndarray, new: np.ndarray | None,
-                 block_size: int, max_pairs: int = 20_000_000) -> tuple[np.ndarray, np.ndarray]:
-    """All pairs (query, j) with cosine >= threshold by blocked matrix products.
+                 block_size: int, max_pairs: int = 20_000_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs (query, j) with cosine >= threshold by blocked matrix products, with their cosines
+    taken from the products (not computed a second time).
 
-    Full mode (new is None): each query q is compared with rows j > q only. Incremental: new
-    queries against every row; a new-new pair is kept once (j > q), new-old pairs always.
+    Full mode (new is None): each block of queries is compared with the rows after its first one
+    only, so smaller blocks skip more of the lower triangle. Incremental: new queries against every
+    row; a new-new pair is kept once (j > q), new-old pairs always.
     """
     n = x.shape[0]
     out_i: list[np.ndarray] = []
     out_j: list[np.ndarray] = []
+    out_c: list[np.ndarray] = []
     found = 0
     for lo in range(0, len(queries), block_size):
         q = queries[lo:lo + block_size]
@@ -793,6 +796,7 @@ def _exact_pairs(x: np.ndarray, threshold: float, queries: np.ndarray, new: np.n
             continue
         sims = x[q] @ x[start:].T
         qi, jj = np.nonzero(sims >= threshold)
+        cos = sims[qi, jj]
         jj = jj + start
         qq = q[qi]
         if new is None:
@@ -801,11 +805,13 @@ def _exact_pairs(x: np.ndarray, threshold: float, queries: np.ndarray, new: np.n
             keep = (jj != qq) & (~new[jj] | (jj > qq))
         out_i.append(qq[keep])
         out_j.append(jj[keep])
+        out_c.append(cos[keep])
         found += int(keep.sum())
         _guard(found, max_pairs, threshold)
     if not out_i:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    return np.concatenate(out_i).astype(np.int64), np.concatenate(out_j).astype(np.int64)
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    return (np.concatenate(out_i).astype(np.int64), np.concatenate(out_j).astype(np.int64),
+            np.concatenate(out_c).astype(np.float32, copy=False))
 
 
 def _kmeans(x: np.ndarray, k: int, iters: int, seed: int, sample: int = 100_000) -> np.ndarray:
@@ -929,7 +935,9 @@ def semantic_pairs(
     new = _mask(new_mask, n)
     queries = np.flatnonzero(new) if new is not None else np.arange(n)
     if block_size is None:
-        block_size = int(max(16, min(4096, (16 * 1024 * 1024) // max(n, 1))))
+        # at most 1,024 queries a block: 4,000 rows in one 4,096 block computed the whole square, in
+        # blocks of 1,024 about 60 % of it (0.36 -> 0.24 s for 4,000 x 512, median of 3)
+        block_size = int(max(16, min(1024, (16 * 1024 * 1024) // max(n, 1))))
     if method == "auto":
         method = "exact" if n <= exact_max_rows else "ivf"
     if method not in ("exact", "ivf", "usearch"):
@@ -937,7 +945,7 @@ def semantic_pairs(
     if n < 2 or len(queries) == 0:
         i = j = np.empty(0, np.int64)
     elif method == "exact":
-        i, j = _exact_pairs(x, threshold, queries, new, block_size, max_pairs)
+        return _exact_pairs(x, threshold, queries, new, block_size, max_pairs)
     elif method == "ivf":
         i, j = _ivf_pairs(x, threshold, queries, new, n_lists, n_probe, seed, max_pairs)
     else:

@@ -253,6 +253,28 @@ def test_semantic_exact_finds_planted_sets():
         d.semantic_duplicates(ids[:-1], x)
 
 
+def test_semantic_exact_pairs_and_cosines_equal_brute_force_for_any_block_size():
+    """The exact search returns the cosines of its block products: every pair at or above the
+    threshold once, with its dot product, whatever the block size, in full and incremental mode."""
+    x, _, _ = _planted_vectors(300, seed=3)
+    sims = x @ x.T
+    t = 0.6
+    upper = {(i, j) for i, j in zip(*np.nonzero(np.triu(sims >= t, k=1)))}
+    new = np.arange(len(x)) >= 200
+    wanted_new = {(i, j) for i, j in upper if new[i] or new[j]}
+    assert len(upper) > 100 and 0 < len(wanted_new) < len(upper)
+    for block in (7, 64, 1024, None):
+        i, j, cos = d.semantic_pairs(x, t, block_size=block, method="exact")
+        assert {(int(a), int(b)) for a, b in zip(i, j)} == upper and len(i) == len(upper)
+        np.testing.assert_allclose(cos, sims[i, j], atol=1e-6)
+        assert cos.dtype == np.float32
+        i, j, cos = d.semantic_pairs(x, t, new_mask=new, block_size=block, method="exact")
+        assert {(min(a, b), max(a, b)) for a, b in zip(i.tolist(), j.tolist())} == wanted_new and len(i) == len(wanted_new)
+        np.testing.assert_allclose(cos, sims[i, j], atol=1e-6)
+    i, j, cos = d.semantic_pairs(x[:1], t, method="exact")
+    assert len(i) == len(j) == len(cos) == 0
+
+
 def test_semantic_ivf_matches_exact():
     x, _, _ = _planted_vectors(6000, dim=32, n_sets=200, seed=1, noise=0.1)
     ids = _ids(len(x))
