@@ -306,7 +306,7 @@ def matrix_from_query(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence
     float32 vectors: 3.3 GB instead of 12 GB through a polars frame). Rows the query does not
     return stay zero. Every list must have the same length and no nulls (ValueError naming the row)."""
     reader = con.sql(sql, params=(params if isinstance(params, dict) else list(params)) if params else None).to_arrow_reader(batch_rows)
-    return _fill_matrix(reader, n_rows, np.dtype(dtype), lambda first: first.to_numpy(zero_copy_only=False).astype(np.int64, copy=False))
+    return _fill_matrix(reader, n_rows, np.dtype(dtype), lambda first: arrow_numpy(first).astype(np.int64, copy=False))
 
 
 def matrix_by_rowid(con: duckdb.DuckDBPyConnection, table: str, column: str, rowids: np.ndarray, positions: np.ndarray,
@@ -326,12 +326,32 @@ def matrix_by_rowid(con: duckdb.DuckDBPyConnection, table: str, column: str, row
         raise WarehouseError(f"not a plain table/column name: {table}.{column}")
     reader = con.sql(f"SELECT rowid, {column} FROM {table} WHERE rowid BETWEEN {lo} AND {hi}").to_arrow_reader(batch_rows)
     return _fill_matrix(reader, n_rows, np.dtype(dtype),
-                        lambda first: lookup[first.to_numpy(zero_copy_only=False).astype(np.int64, copy=False) - lo])
+                        lambda first: lookup[arrow_numpy(first).astype(np.int64, copy=False) - lo])
+
+
+_ARROW_TO_NUMPY = {"int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64, "uint8": np.uint8,
+                   "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64, "halffloat": np.float16,
+                   "float": np.float32, "double": np.float64}
+
+
+def arrow_numpy(arr: Any) -> np.ndarray:
+    """A numeric Arrow array without nulls as a read-only numpy view of its data buffer; anything
+    else through pyarrow's ``to_numpy``. pyarrow's ``to_numpy`` imports pandas on its first call,
+    even for int64: 0.7 s in every fresh process, and every Dagster run of a stage is one."""
+    dtype = _ARROW_TO_NUMPY.get(str(arr.type))
+    if dtype is None or arr.null_count:
+        return arr.to_numpy(zero_copy_only=False)
+    if len(arr) == 0:
+        return np.empty(0, dtype=dtype)
+    return np.frombuffer(arr.buffers()[1], dtype=dtype)[arr.offset:arr.offset + len(arr)]
 
 
 def _fill_matrix(reader: Any, n_rows: int, dtype: np.dtype, positions_of: Any) -> tuple[np.ndarray, np.ndarray]:
     """Arrow batches of (key, list) -> rows of one matrix; ``positions_of(key column)`` gives each
-    batch row's matrix row, or -1 to skip it."""
+    batch row's matrix row, or -1 to skip it. The lists are read from the batch's offsets and
+    values buffers in numpy (``arrow_numpy``): no Arrow take or conversion that would import pandas.
+    Every wanted list must be non-NULL and as long as the first one (ValueError naming the row);
+    lists of rows that are skipped are not checked."""
     out: np.ndarray | None = None
     filled = np.zeros(n_rows, dtype=bool)
     for batch in reader:
@@ -343,33 +363,27 @@ def _fill_matrix(reader: Any, n_rows: int, dtype: np.dtype, positions_of: Any) -
         if not wanted.any():
             continue
         sel = None if wanted.all() else np.flatnonzero(wanted)
-        if sel is not None and not values.null_count and out is not None:
-            # common case (a scan by rowid that skips some rows): when every list of the batch has the
-            # matrix's width, the batch is one (rows x width) block and the wanted rows are picked in
-            # numpy, instead of Arrow's take copying the lists first
-            offsets = values.offsets.to_numpy()
-            if (np.diff(offsets) == out.shape[1]).all():
-                block = values.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
-                block = block.to_numpy(zero_copy_only=False).reshape(len(values), out.shape[1])
-                out[pos[sel]] = block[sel]
-                filled[pos[sel]] = True
-                continue
-        if sel is not None:
-            values = values.take(sel)
-            pos = pos[sel]
         if values.null_count:
-            bad = int(pos[np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0]])
-            raise ValueError(f"row {bad}: the list is NULL")
-        offsets = values.offsets.to_numpy()
-        lengths = np.diff(offsets)
+            nulls = values.is_null().to_numpy(zero_copy_only=False) & wanted
+            if nulls.any():
+                raise ValueError(f"row {int(pos[np.flatnonzero(nulls)[0]])}: the list is NULL")
+        offsets = arrow_numpy(values.offsets).astype(np.int64, copy=False)
+        starts, lengths = offsets[:-1], np.diff(offsets)
+        if sel is not None:
+            pos, starts, lengths = pos[sel], starts[sel], lengths[sel]
         width = int(lengths[0]) if out is None else out.shape[1]
         if (lengths != width).any():
-            bad = int(pos[np.flatnonzero(lengths != width)[0]])
-            raise ValueError(f"row {bad}: a list of {int(lengths[lengths != width][0])} values where the others have {width}")
+            bad = np.flatnonzero(lengths != width)[0]
+            raise ValueError(f"row {int(pos[bad])}: a list of {int(lengths[bad])} values where the others have {width}")
         if out is None:
             out = np.zeros((n_rows, width), dtype=dtype)  # calloc: pages are touched only when filled
-        flat = values.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
-        out[pos] = flat.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(len(pos), width)
+        flat = arrow_numpy(values.values)
+        if sel is None or (np.diff(offsets) == width).all():
+            # every list of the batch has the width: the batch is one (rows x width) block
+            block = flat[int(offsets[0]):int(offsets[-1])].reshape(len(values), width)
+            out[pos] = block if sel is None else block[sel]
+        else:  # lists of other widths among the skipped rows: gather the wanted ones
+            out[pos] = flat[starts[:, None] + np.arange(width)]
         filled[pos] = True
     if out is None:
         out = np.zeros((n_rows, 0), dtype=dtype)

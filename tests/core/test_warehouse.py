@@ -89,8 +89,9 @@ def test_matrix_from_query_names_the_row_of_a_ragged_or_null_list(tmp_path):
 
 
 def test_matrix_by_rowid_checks_lists_in_batches_where_some_rows_are_skipped(tmp_path):
-    """Later batches with skipped rows take the numpy block path only when every list has the
-    matrix's width: a ragged or NULL list among them, wanted or not, still gets the checked path."""
+    """A batch with skipped rows is read as one block when every list has the matrix's width; a
+    ragged or NULL list among the skipped rows sends it to the row-by-row gather, and one among the
+    wanted rows is an error that names the row."""
     import numpy as np
 
     with wh.connect(tmp_path / "w.duckdb") as con:
@@ -107,6 +108,31 @@ def test_matrix_by_rowid_checks_lists_in_batches_where_some_rows_are_skipped(tmp
         wanted = rid["id"] != 30  # now 21 is wanted: its row is named
         with pytest.raises(ValueError, match="row 21: a list of 2 values where the others have 3"):
             wh.matrix_by_rowid(con, "t", "v", rid["rid"][wanted], rid["id"][wanted], 40, batch_rows=16)
+        wanted = rid["id"] != 21  # now the NULL list is wanted
+        with pytest.raises(ValueError, match="row 30: the list is NULL"):
+            wh.matrix_by_rowid(con, "t", "v", rid["rid"][wanted], rid["id"][wanted], 40, batch_rows=16)
+
+
+def test_matrix_reads_do_not_import_pandas(tmp_path):
+    """pyarrow's to_numpy imports pandas on first use (0.7 s here): every Dagster run of a stage is a
+    fresh process, so the matrix reads take the lists from the Arrow buffers instead."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+import numpy as np
+from purify_assets.core import warehouse as wh
+with wh.connect({str(tmp_path / "w.duckdb")!r}) as con:
+    wh.run(con, "CREATE TABLE t AS SELECT i AS id, [i::FLOAT, 1] AS v, [i::UBIGINT] AS s FROM range(5000) r(i)")
+    rid = con.sql("SELECT rowid AS rid FROM t ORDER BY id").fetchnumpy()["rid"]
+    x, found = wh.matrix_by_rowid(con, "t", "v", rid[::2], np.arange(2500), 2500, batch_rows=512)
+    s, _ = wh.matrix_from_query(con, "SELECT id AS pos, s FROM t", None, 5000, dtype=np.uint32)
+assert found.all() and x[-1, 0] == 4998.0 and s[4999, 0] == 4999 and s.dtype == np.uint32
+print("pandas" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_connections_set_the_memory_limit_and_refuse_a_bad_one(tmp_path, monkeypatch):
