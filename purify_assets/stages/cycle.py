@@ -1104,16 +1104,21 @@ def _dedup_review_markdown(ev: Any, recommendation: dict[str, Any] | None) -> st
     return "\n".join(lines)
 
 
-def _text_stats(rv: Any, part: pl.DataFrame) -> dict[str, Any]:
-    # rows of a text-only layout (no output column) have no outputs to count as empty
-    outputs = part["output"] if part["output"].null_count() < len(part) else None
-    stats = rv.compute_text_stats(part["text"], outputs, part["lang"])
-    # duplicates are whole rows: rows sharing an instruction template are not duplicates
-    whole = part.select(pl.concat_str([pl.col("instruction"), pl.col("input"), pl.col("output")], separator="\x1f",
-                                      ignore_nulls=True).str.to_lowercase().alias("row"))["row"]
-    stats["duplicate_share"] = round(1 - whole.n_unique() / max(len(whole), 1), 4)
-    stats["embedded_text_duplicate_share"] = round(1 - part["text"].n_unique() / max(len(part), 1), 4)
-    return stats
+def cluster_text_stats(data: pl.DataFrame) -> dict[int, dict[str, Any]]:
+    """``text_stats`` of every cluster of ``data`` (cluster, text, instruction, input, output, lang),
+    with two duplicate shares of the cycle's own: ``duplicate_share`` counts whole rows (rows that
+    share an instruction template are not duplicates), ``embedded_text_duplicate_share`` the text
+    that was embedded."""
+    from purify_assets.core import review as rv
+
+    stats = rv.text_stats_by_group(data, "cluster")
+    whole = pl.concat_str([pl.col("instruction"), pl.col("input"), pl.col("output")], separator="\x1f",
+                          ignore_nulls=True).str.to_lowercase()
+    dup = data.group_by("cluster").agg(pl.len().alias("n"), whole.n_unique().alias("rows"), pl.col("text").n_unique().alias("texts"))
+    for c, n, rows, texts in dup.iter_rows():
+        stats[c]["duplicate_share"] = round(1 - rows / max(n, 1), 4)
+        stats[c]["embedded_text_duplicate_share"] = round(1 - texts / max(n, 1), 4)
+    return {int(c): v for c, v in stats.items()}
 
 
 def build_evidence(data: pl.DataFrame, cards: dict[int, dict[str, Any]], per: dict[int, dict[str, float]],
@@ -1124,6 +1129,7 @@ def build_evidence(data: pl.DataFrame, cards: dict[int, dict[str, Any]], per: di
     n = max(len(data), 1)
     by_cluster = {int(c): part for (c,), part in data.group_by(["cluster"], maintain_order=True)}
     terms = rv.cluster_top_terms({c: part["text"].to_list() for c, part in by_cluster.items()})
+    text_stats = cluster_text_stats(data)
     evidence = []
     for c in sorted(by_cluster):
         part = by_cluster[c]
@@ -1132,7 +1138,7 @@ def build_evidence(data: pl.DataFrame, cards: dict[int, dict[str, Any]], per: di
             cluster=c, size=len(part), share=len(part) / n, metrics=dict(per.get(c, {})),
             central=list(card.get("central", []))[:max_examples], boundary=list(card.get("boundary", []))[:max_examples],
             top_terms=terms.get(c, []),
-            text_stats=_text_stats(rv, part),
+            text_stats=text_stats[c],
         ))
     return evidence
 

@@ -207,6 +207,29 @@ def test_compute_text_stats():
     assert st["languages"] == {"latin": 0.6, "ko": 0.2, "zh": 0.2}
 
 
+def test_text_stats_by_group_equal_each_group_on_its_own():
+    import polars as pl
+
+    from purify_assets.core.review import text_stats_by_group
+
+    texts = ["다음 글을 요약하세요", "hello  there?", "Hello there?", "ok", "你好世界", "Translate this", None, "번역해 주세요"]
+    frame = pl.DataFrame({"cluster": [0, 0, 0, 1, 1, 2, 2, 2], "text": texts,
+                          "output": ["a", " ", None, "b", "c", None, None, None],
+                          "lang": ["ko", "en", "en", "en", "zh", "en", None, "ko"]})
+    by = text_stats_by_group(frame, "cluster")
+    assert sorted(by) == [0, 1, 2]
+    for c in (0, 1, 2):
+        part = frame.filter(pl.col("cluster") == c)
+        alone = compute_text_stats(part["text"], part["output"], part["lang"])
+        assert by[c] == alone
+    assert by[0]["duplicate_share"] == 0.3333  # case and spacing differ only
+    assert by[0]["share_empty_output"] == 0.6667 and by[0]["share_question"] == 0.6667
+    assert by[2]["share_empty_output"] is None  # no outputs at all: a layout without responses
+    assert by[0]["languages"] == {"en": 0.6667, "ko": 0.3333}
+    assert by[2]["languages"] == {"en": 0.3333, "ko": 0.3333, "unknown": 0.3333}
+    assert by[2]["task_cues"] == {"translation": 0.6667} and by[2]["mean_length"] == 7.0  # (14 + 0 + 7) / 3
+
+
 @pytest.mark.parametrize("texts, expected", [
     (["다음 글을 요약하시오.", "세 줄로 요약해 주세요.", "핵심을 요약하라."], "summarization"),
     (["请总结这篇文章", "总结下面的内容", "用一句话总结"], "summarization"),
