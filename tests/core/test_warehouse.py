@@ -193,3 +193,28 @@ def test_vector_matrix_gives_the_same_rows_through_the_scan_and_through_the_join
         np.testing.assert_array_equal(found_few, found[:20])
         stale = keys.with_columns(pl.lit("changed").alias("text_hash"))  # a row whose text changed has no vector
         assert not _vector_matrix(con, stale, "m")[1].any()
+
+
+def test_arrow_numpy_and_fill_matrix_read_sliced_arrays():
+    """Arrow batches can be slices of larger arrays (an offset into shared buffers): the values
+    read from the buffers must be the slice's, for plain and for list arrays."""
+    import numpy as np
+    import pyarrow as pa
+
+    ints = pa.array(np.arange(100, dtype=np.int64)).slice(37, 5)
+    np.testing.assert_array_equal(wh.arrow_numpy(ints), np.arange(37, 42))
+    floats = pa.array(np.linspace(0, 1, 11, dtype=np.float32)).slice(3, 4)
+    np.testing.assert_array_equal(wh.arrow_numpy(floats), np.linspace(0, 1, 11, dtype=np.float32)[3:7])
+    with_null = pa.array([1, None, 3], type=pa.int64())
+    assert wh.arrow_numpy(with_null).tolist()[0] == 1 and np.isnan(wh.arrow_numpy(with_null)[1])  # pyarrow's path
+    assert wh.arrow_numpy(pa.array([], type=pa.int32())).dtype == np.int32
+
+    lists = pa.array([[float(i), float(-i)] for i in range(50)], type=pa.list_(pa.float32()))
+    keys = pa.array(np.arange(50, dtype=np.int64))
+    batch = pa.RecordBatch.from_arrays([keys, lists], names=["pos", "v"]).slice(20, 10)  # rows 20..29
+    reader = pa.RecordBatchReader.from_batches(batch.schema, [batch])
+    out, filled = wh._fill_matrix(reader, 50, np.dtype(np.float32),
+                                  lambda first: np.where(wh.arrow_numpy(first) % 2 == 0, wh.arrow_numpy(first), -1))
+    assert np.flatnonzero(filled).tolist() == [20, 22, 24, 26, 28]
+    np.testing.assert_array_equal(out[filled], [[i, -i] for i in (20, 22, 24, 26, 28)])
+    assert not out[~filled].any()
