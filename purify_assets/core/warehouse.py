@@ -369,6 +369,7 @@ def _fill_matrix(reader: Any, n_rows: int, dtype: np.dtype, positions_of: Any) -
                 raise ValueError(f"row {int(pos[np.flatnonzero(nulls)[0]])}: the list is NULL")
         offsets = arrow_numpy(values.offsets).astype(np.int64, copy=False)
         starts, lengths = offsets[:-1], np.diff(offsets)
+        uniform = bool(len(lengths)) and (lengths == lengths[0]).all()  # every list of the batch, wanted or not
         if sel is not None:
             pos, starts, lengths = pos[sel], starts[sel], lengths[sel]
         width = int(lengths[0]) if out is None else out.shape[1]
@@ -378,7 +379,7 @@ def _fill_matrix(reader: Any, n_rows: int, dtype: np.dtype, positions_of: Any) -
         if out is None:
             out = np.zeros((n_rows, width), dtype=dtype)  # calloc: pages are touched only when filled
         flat = arrow_numpy(values.values)
-        if sel is None or (np.diff(offsets) == width).all():
+        if sel is None or uniform:
             # every list of the batch has the width: the batch is one (rows x width) block
             block = flat[int(offsets[0]):int(offsets[-1])].reshape(len(values), width)
             out[pos] = block if sel is None else block[sel]

@@ -1111,12 +1111,10 @@ def cluster_text_stats(data: pl.DataFrame) -> dict[int, dict[str, Any]]:
     that was embedded."""
     from purify_assets.core import review as rv
 
-    stats = rv.text_stats_by_group(data, "cluster")
     whole = pl.concat_str([pl.col("instruction"), pl.col("input"), pl.col("output")], separator="\x1f",
                           ignore_nulls=True).str.to_lowercase()
-    dup = data.group_by("cluster").agg(pl.len().alias("n"), whole.n_unique().alias("rows"), pl.col("text").n_unique().alias("texts"))
-    for c, n, rows, texts in dup.iter_rows():
-        stats[c]["duplicate_share"] = round(1 - rows / max(n, 1), 4)
+    stats = rv.text_stats_by_group(data, "cluster", duplicate_key=whole)
+    for c, n, texts in data.group_by("cluster").agg(pl.len(), pl.col("text").n_unique()).iter_rows():
         stats[c]["embedded_text_duplicate_share"] = round(1 - texts / max(n, 1), 4)
     return {int(c): v for c, v in stats.items()}
 
