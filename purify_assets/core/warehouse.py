@@ -298,7 +298,8 @@ def markdown_table(frame: pl.DataFrame, max_rows: int = 10, max_chars: int = 80)
 
 
 def matrix_from_query(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | dict | None, n_rows: int,
-                      dtype: Any = np.float32, batch_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+                      dtype: Any = np.float32, batch_rows: int = 65536,
+                      out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fill an ``(n_rows, width)`` matrix from a query returning ``(pos, values)``: each result row's
     list ``values`` becomes row ``pos`` of the matrix. Returns (matrix, filled), ``filled`` a bool per
     row. The result is streamed in Arrow batches of ``batch_rows``, so a large list column never
@@ -306,19 +307,22 @@ def matrix_from_query(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence
     float32 vectors: 3.3 GB instead of 12 GB through a polars frame). Rows the query does not
     return stay zero. Every list must have the same length and no nulls (ValueError naming the row)."""
     reader = con.sql(sql, params=(params if isinstance(params, dict) else list(params)) if params else None).to_arrow_reader(batch_rows)
-    return _fill_matrix(reader, n_rows, np.dtype(dtype), lambda first: arrow_numpy(first).astype(np.int64, copy=False))
+    return _fill_matrix(reader, n_rows, np.dtype(dtype), lambda first: arrow_numpy(first).astype(np.int64, copy=False), out)
 
 
 def matrix_by_rowid(con: duckdb.DuckDBPyConnection, table: str, column: str, rowids: np.ndarray, positions: np.ndarray,
-                    n_rows: int, dtype: Any = np.float32, batch_rows: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+                    n_rows: int, dtype: Any = np.float32, batch_rows: int = 16384,
+                    out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``matrix_from_query`` for rows of ``table`` named by their ``rowid``: table row ``rowids[i]``'s
     list ``column`` becomes matrix row ``positions[i]``. One sequential scan over the rowid range
     instead of a join that carries every list through a hash table: 1.7M vectors of 512 floats
     load several times faster. The rowids must come from the same unchanged table (read them
-    and call this with no write in between)."""
+    and call this with no write in between). ``out``: an ``(n_rows, width)`` matrix to fill in
+    place (rows not named keep their values; the filled mask covers only the rows named)."""
     rowids = np.asarray(rowids, dtype=np.int64)
     if len(rowids) == 0:
-        return np.zeros((n_rows, 0), dtype=np.dtype(dtype)), np.zeros(n_rows, dtype=bool)
+        empty = out if out is not None else np.zeros((n_rows, 0), dtype=np.dtype(dtype))
+        return empty, np.zeros(n_rows, dtype=bool)
     lo, hi = int(rowids.min()), int(rowids.max())
     lookup = np.full(hi - lo + 1, -1, dtype=np.int64)
     lookup[rowids - lo] = np.asarray(positions, dtype=np.int64)
@@ -326,7 +330,7 @@ def matrix_by_rowid(con: duckdb.DuckDBPyConnection, table: str, column: str, row
         raise WarehouseError(f"not a plain table/column name: {table}.{column}")
     reader = con.sql(f"SELECT rowid, {column} FROM {table} WHERE rowid BETWEEN {lo} AND {hi}").to_arrow_reader(batch_rows)
     return _fill_matrix(reader, n_rows, np.dtype(dtype),
-                        lambda first: lookup[arrow_numpy(first).astype(np.int64, copy=False) - lo])
+                        lambda first: lookup[arrow_numpy(first).astype(np.int64, copy=False) - lo], out)
 
 
 _ARROW_TO_NUMPY = {"int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64, "uint8": np.uint8,
@@ -346,13 +350,16 @@ def arrow_numpy(arr: Any) -> np.ndarray:
     return np.frombuffer(arr.buffers()[1], dtype=dtype)[arr.offset:arr.offset + len(arr)]
 
 
-def _fill_matrix(reader: Any, n_rows: int, dtype: np.dtype, positions_of: Any) -> tuple[np.ndarray, np.ndarray]:
+def _fill_matrix(reader: Any, n_rows: int, dtype: np.dtype, positions_of: Any,
+                 out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Arrow batches of (key, list) -> rows of one matrix; ``positions_of(key column)`` gives each
     batch row's matrix row, or -1 to skip it. The lists are read from the batch's offsets and
     values buffers in numpy (``arrow_numpy``): no Arrow take or conversion that would import pandas.
     Every wanted list must be non-NULL and as long as the first one (ValueError naming the row);
-    lists of rows that are skipped are not checked."""
-    out: np.ndarray | None = None
+    lists of rows that are skipped are not checked. ``out``: fill this matrix instead of a new one
+    (its width is then the width every list must have)."""
+    if out is not None and out.shape[0] != n_rows:
+        raise ValueError(f"the matrix to fill has {out.shape[0]} rows, expected {n_rows}")
     filled = np.zeros(n_rows, dtype=bool)
     for batch in reader:
         if batch.num_rows == 0:
@@ -389,6 +396,12 @@ def _fill_matrix(reader: Any, n_rows: int, dtype: np.dtype, positions_of: Any) -
     if out is None:
         out = np.zeros((n_rows, 0), dtype=dtype)
     return out, filled
+
+
+def database_path(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The file of the connection's current database, or None for an in-memory one."""
+    rows = run(con, "SELECT path FROM duckdb_databases() WHERE database_name = current_database()")
+    return rows[0][0] if rows and rows[0][0] else None
 
 
 def frame(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:

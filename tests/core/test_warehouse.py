@@ -170,10 +170,12 @@ def test_matrix_by_rowid_reads_the_named_rows_in_one_scan(tmp_path):
             wh.matrix_by_rowid(con, "t; DROP TABLE t", "v", got["rid"], np.arange(len(got["rid"])), 5)
 
 
-def test_vector_matrix_gives_the_same_rows_through_the_scan_and_through_the_join(tmp_path):
+def test_vector_matrix_gives_the_same_rows_through_the_scan_and_through_the_join(tmp_path, monkeypatch):
     import numpy as np
 
     from purify_assets.stages.cycle import _vector_matrix
+
+    monkeypatch.setenv("PURIFY_LIST_CACHE", "0")  # DuckDB's own two paths (the flat-file copies: test_list_cache)
 
     with wh.connect(tmp_path / "w.duckdb") as con:
         rng = np.random.default_rng(2)
