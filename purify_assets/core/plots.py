@@ -119,7 +119,7 @@ def scatter_3d_html(coords: np.ndarray, labels: np.ndarray, hover_texts: Sequenc
     noise grey and small. At most ``max_points`` points (seeded subsample, ``drawn_points``); hover
     shows the cluster and the first ``hover_chars`` characters of the text (HTML-escaped).
     ``hover_texts`` has one item per point; only those of the drawn points are read."""
-    import plotly.graph_objects as go
+    import plotly.io as pio
 
     c, lab = _check(coords, labels, 3)
     n = len(lab)
@@ -139,24 +139,30 @@ def scatter_3d_html(coords: np.ndarray, labels: np.ndarray, hover_texts: Sequenc
             out.append(f"cluster {lab[i]}<br>" + html.escape(t).replace("\n", " "))
         return out
 
-    fig = go.Figure()
+    # the figure as plain plotly.js JSON: plotly's graph objects validate every property of every
+    # trace in Python, which took about half of the 0.2 s an HTML of 20,000 points cost
+    traces = []
     groups = ([-1] if (lab[idx] < 0).any() else []) + ids.tolist()
     for cid in groups:
         sel = idx[lab[idx] == cid]
         if len(sel) == 0:
             continue
         is_noise = cid < 0
-        fig.add_trace(go.Scatter3d(
-            x=c[sel, 0], y=c[sel, 1], z=c[sel, 2], mode="markers",
-            name=f"noise ({full_sizes[cid]:,})" if is_noise else f"{cid} ({full_sizes[cid]:,})",
-            marker=dict(size=1.5 if is_noise else 2.5, color=NOISE_COLOR if is_noise else colors[cid],
-                        opacity=0.4 if is_noise else 0.8),
-            hovertext=hov(sel), hoverinfo="text",
-        ))
+        traces.append({
+            "type": "scatter3d", "mode": "markers",
+            # four decimals are far below what a 3-D view can show and keep the file small
+            "x": np.round(c[sel, 0], 4).tolist(), "y": np.round(c[sel, 1], 4).tolist(), "z": np.round(c[sel, 2], 4).tolist(),
+            "name": f"noise ({full_sizes[cid]:,})" if is_noise else f"{cid} ({full_sizes[cid]:,})",
+            "marker": {"size": 1.5 if is_noise else 2.5, "color": NOISE_COLOR if is_noise else colors[cid],
+                       "opacity": 0.4 if is_noise else 0.8},
+            "hovertext": hov(sel), "hoverinfo": "text",
+        })
     shown = f" (showing {len(idx):,} of {n:,} points)" if len(idx) < n else f" ({n:,} points)"
-    fig.update_layout(title=html.escape(title) + shown, legend=dict(title="cluster (size)", itemsizing="constant"),
-                      margin=dict(l=0, r=0, t=40, b=0), scene=dict(xaxis_title="", yaxis_title="", zaxis_title=""))
-    return fig.to_html(include_plotlyjs=True, full_html=True)
+    layout = {"title": {"text": html.escape(title) + shown},
+              "legend": {"title": {"text": "cluster (size)"}, "itemsizing": "constant"},
+              "margin": {"l": 0, "r": 0, "t": 40, "b": 0},
+              "scene": {"xaxis": {"title": {"text": ""}}, "yaxis": {"title": {"text": ""}}, "zaxis": {"title": {"text": ""}}}}
+    return pio.to_html({"data": traces, "layout": layout}, include_plotlyjs=True, full_html=True, validate=False)
 
 
 def line_chart_png(xs: Sequence[float], series: dict[str, Sequence[float]], title: str, xlabel: str = "k",
