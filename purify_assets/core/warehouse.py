@@ -78,6 +78,10 @@ TABLE_DDL: dict[str, str] = {
     "purified_dataset": """
         cycle INTEGER, row_id VARCHAR, batch_id VARCHAR, cluster INTEGER, cluster_name VARCHAR,
         task_type VARCHAR, instruction VARCHAR, input VARCHAR, output VARCHAR, record_json VARCHAR""",
+    # charts whose content a later cycle may repeat (a reused k sweep): one PNG per kind, keyed by a
+    # hash of what it shows, so an identical chart is not drawn again
+    "chart_cache": """
+        kind VARCHAR, key VARCHAR, png BLOB""",
     "cycles": """
         cycle INTEGER PRIMARY KEY, params_version INTEGER, params_hash VARCHAR, started_at TIMESTAMP,
         rows_clustered BIGINT, n_clusters INTEGER, silhouette DOUBLE, davies_bouldin DOUBLE,
@@ -396,6 +400,24 @@ def _fill_matrix(reader: Any, n_rows: int, dtype: np.dtype, positions_of: Any,
     if out is None:
         out = np.zeros((n_rows, 0), dtype=dtype)
     return out, filled
+
+
+def cached_chart(con: duckdb.DuckDBPyConnection, kind: str, content: Any, draw: Any) -> tuple[bytes, bool]:
+    """The PNG ``draw()`` makes for ``content`` (anything JSON can hold: the chart's title and data),
+    from ``chart_cache`` when the last chart of this ``kind`` showed the same content; otherwise
+    drawn and stored in its place. Returns (png, whether it came from the cache)."""
+    import hashlib
+    import json
+
+    key = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+    found = run(con, "SELECT png FROM chart_cache WHERE kind = ? AND key = ?", [kind, key])
+    if found:
+        return bytes(found[0][0]), True
+    png = draw()
+    with transaction(con):
+        run(con, "DELETE FROM chart_cache WHERE kind = ?", [kind])
+        run(con, "INSERT INTO chart_cache VALUES (?, ?, ?)", [kind, key, png])
+    return png, False
 
 
 def database_path(con: duckdb.DuckDBPyConnection) -> str | None:

@@ -244,7 +244,11 @@ def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], mod
     state_now = rows.select("row_id", "row_hash", "text_hash").with_columns(pl.lit(config).alias("config"))
     with report.timed("store"), wh.transaction(con):
         wh.replace_table(con, "dedup_sets", sets)
-        wh.replace_table(con, "dedup_state", state_now)
+        if new_mask is not None:  # every old row is stored as it is now: only the new ones go in
+            if new_mask.any():
+                wh.insert_frame(con, "dedup_state", state_now.filter(pl.Series(new_mask)))
+        else:
+            wh.replace_table(con, "dedup_state", state_now)
     summary = wh.frame(con, "SELECT kind, count(DISTINCT set_id) AS sets, count(*) FILTER (WHERE NOT is_representative) "
                             "AS members_beyond_representative FROM dedup_sets GROUP BY kind ORDER BY kind")
     report.counts["rows_considered"] = n
@@ -912,10 +916,14 @@ def measure_clusters(con: duckdb.DuckDBPyConnection, measure_params: dict[str, A
                                if k in ("k", "silhouette", "davies_bouldin", "calinski_harabasz", "stability")} for r in results])
         report.markdown["k_sweep"] = wh.markdown_table(table, max_rows=40)
         ks = [int(r["k"]) for r in results]
-        origin = "" if from_cycle == cycle else f" (computed in cycle {from_cycle})"
-        report.images["k_sweep"] = line_chart_png(ks, {"silhouette": [r["silhouette"] for r in results],
-                                                       "stability (ARI)": [r.get("stability", float("nan")) for r in results]},
-                                                  f"cycle {cycle}: K-means k sweep{origin}")
+        series = {"silhouette": [_f(r["silhouette"]) for r in results],
+                  "stability (ARI)": [_f(r.get("stability")) for r in results]}
+        title = f"K-means k sweep of cycle {from_cycle}"  # a reused sweep draws the same chart: drawn once
+        with report.timed("k_sweep_chart"):
+            report.images["k_sweep"], reused_chart = wh.cached_chart(
+                con, "k_sweep", {"title": title, "ks": ks, "series": series},
+                lambda: line_chart_png(ks, {k: [float("nan") if v is None else v for v in vs] for k, vs in series.items()}, title))
+        report.values["k_sweep_chart"] = "reused" if reused_chart else "drawn"
     frame = pl.DataFrame(rows, schema=METRIC_SCHEMA, orient="row")
     with report.timed("store"), wh.transaction(con):
         wh.replace_table(con, "cluster_metrics", frame, "cycle = ?", [cycle])

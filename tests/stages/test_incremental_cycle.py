@@ -183,6 +183,9 @@ def test_the_k_sweep_is_reused_while_the_rows_barely_change(home):
         _, second = cy.run()
         assert second.values["k_sweep_mode"] == "reused" and second.values["sweep_from_cycle"] == 1
         assert "k_sweep" not in second.timings
+        # the same sweep makes the same chart: taken from chart_cache, not drawn again
+        assert (first.values["k_sweep_chart"], second.values["k_sweep_chart"]) == ("drawn", "reused")
+        assert second.images["k_sweep"] == first.images["k_sweep"] and second.images["k_sweep"][:4] == b"\x89PNG"
         sweep = "SELECT setting, metric, value FROM cluster_metrics WHERE cycle = ? AND scope = 'sweep' ORDER BY ALL"
         one, two = wh.frame(con, sweep, [1]), wh.frame(con, sweep, [2])
         assert one.equals(two)  # the same figures, written again under cycle 2 ...
@@ -210,6 +213,7 @@ def test_the_k_sweep_is_recomputed_when_settings_ks_or_rows_change(home):
         _, report = cy.run(measure=dict(measure, k_sweep=[2, 3, 4, 5, 6]))
         assert report.values["k_sweep_mode"] == "partly reused" and "k = 6 not tried before" in report.values["k_sweep_reason"]
         assert report.counts["k_sweep_ks_reused"] == 4 and report.counts["k_sweep_ks_computed"] == 1
+        assert report.values["k_sweep_chart"] == "drawn"  # another k on it: another chart
         assert report.values["sweep_from_cycle"] == 1
         assert wh.frame(con, sweep, [2]).equals(wh.frame(con, sweep, [1]))  # k = 2..5 as computed in cycle 1
         origin = dict(wh.run(con, "SELECT setting, value FROM cluster_metrics WHERE cycle = 2 AND scope = 'sweep' "
