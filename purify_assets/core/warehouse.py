@@ -327,9 +327,20 @@ def matrix_by_rowid(con: duckdb.DuckDBPyConnection, table: str, column: str, row
     if len(rowids) == 0:
         empty = out if out is not None else np.zeros((n_rows, 0), dtype=np.dtype(dtype))
         return empty, np.zeros(n_rows, dtype=bool)
+    positions = np.asarray(positions, dtype=np.int64)
+    uniq, first, inverse = np.unique(rowids, return_index=True, return_inverse=True)
+    if len(uniq) < len(rowids):
+        # one table row wanted at several matrix rows (keys that share a row hash share its
+        # signature): read it once, then copy it to the others
+        out, filled = matrix_by_rowid(con, table, column, uniq, positions[first], n_rows, dtype, batch_rows, out)
+        src = positions[first][inverse]
+        again = src != positions
+        out[positions[again]] = out[src[again]]
+        filled[positions[again]] = filled[src[again]]
+        return out, filled
     lo, hi = int(rowids.min()), int(rowids.max())
     lookup = np.full(hi - lo + 1, -1, dtype=np.int64)
-    lookup[rowids - lo] = np.asarray(positions, dtype=np.int64)
+    lookup[rowids - lo] = positions
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", column):
         raise WarehouseError(f"not a plain table/column name: {table}.{column}")
     reader = con.sql(f"SELECT rowid, {column} FROM {table} WHERE rowid BETWEEN {lo} AND {hi}").to_arrow_reader(batch_rows)

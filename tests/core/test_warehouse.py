@@ -170,6 +170,20 @@ def test_matrix_by_rowid_reads_the_named_rows_in_one_scan(tmp_path):
             wh.matrix_by_rowid(con, "t; DROP TABLE t", "v", got["rid"], np.arange(len(got["rid"])), 5)
 
 
+def test_matrix_by_rowid_fills_every_position_of_a_repeated_rowid(tmp_path):
+    import numpy as np
+
+    with wh.connect(tmp_path / "w.duckdb") as con:
+        wh.run(con, "CREATE TABLE t AS SELECT i AS id, [i, i + 1]::FLOAT[] AS v FROM range(10) r(i)")
+        rid = wh.frame(con, "SELECT rowid AS rid, id FROM t ORDER BY id")["rid"].to_numpy()
+        # rows 3 and 7 each wanted at two matrix rows (two keys sharing one table row)
+        want = np.array([rid[3], rid[7], rid[3], rid[0], rid[7]])
+        out, filled = wh.matrix_by_rowid(con, "t", "v", want, np.array([0, 1, 2, 3, 5]), 6)
+        assert filled.tolist() == [True, True, True, True, False, True]
+        np.testing.assert_array_equal(out[[0, 1, 2, 3, 5], 0], [3, 7, 3, 0, 7])
+        assert not out[4].any()
+
+
 def test_vector_matrix_gives_the_same_rows_through_the_scan_and_through_the_join(tmp_path, monkeypatch):
     import numpy as np
 

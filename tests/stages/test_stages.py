@@ -179,6 +179,9 @@ def test_dedup_is_incremental_and_matches_a_full_run(home):
         assert second.values["mode"] == "incremental"
         assert second.counts["rows_new_since_last_run"] == 13
         assert second.counts["near.signatures_cached"] >= 60 - 5
+        # only the 13 new row hashes are hashed: the 5 copies share their originals' cached signatures
+        assert second.counts["near.signatures_computed"] == 13
+        assert wh.run(con, "SELECT count(*) - count(DISTINCT (row_hash, config)) FROM dedup_signatures")[0][0] == 0
         incremental = wh.frame(con, "SELECT set_id, kind, row_id, representative_row_id FROM dedup_sets ORDER BY ALL")
         full = dedup_rows(con, dict(dp, incremental=False), emb.model_id)
         assert full.values["mode"] == "full"
