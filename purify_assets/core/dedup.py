@@ -539,6 +539,15 @@ def _row_keys(block: np.ndarray) -> np.ndarray:
     return _fmix64(block.astype(np.uint64, copy=False) @ _KEY_MULTIPLIERS[:block.shape[1]])
 
 
+def _sharing_a_key_with(keys: np.ndarray, marked: np.ndarray) -> np.ndarray:
+    """Positions of the nodes whose key equals the key of some ``marked`` node (the marked ones
+    included), in order. An incremental search only needs the buckets holding a new row: with 10 %
+    new rows they are a small part of every band, and a hash lookup finds them without sorting
+    the band's keys."""
+    wanted = pl.Series(keys[marked], dtype=pl.UInt64)
+    return np.flatnonzero(pl.Series(keys, dtype=pl.UInt64).is_in(wanted).to_numpy())
+
+
 def _bucket_pairs(keys: np.ndarray, nodes: np.ndarray, max_bucket: int) -> tuple[np.ndarray, np.ndarray]:
     """Candidate pairs of nodes sharing a key: all pairs in buckets of up to ``max_bucket``
     members; in larger buckets every member is paired with the first ``max_bucket`` ones."""
@@ -619,7 +628,12 @@ def near_pairs(
         pj_all: list[np.ndarray] = []
         node = np.arange(len(reps), dtype=np.int64)
         for band in range(bands):
-            pi, pj = _bucket_pairs(_row_keys(sig[reps, band * rows:(band + 1) * rows]), node, max_bucket)
+            keys = _row_keys(sig[reps, band * rows:(band + 1) * rows])
+            if rep_new is not None:  # only buckets holding a new signature
+                sel = _sharing_a_key_with(keys, rep_new)
+                pi, pj = _bucket_pairs(keys[sel], node[sel], max_bucket)
+            else:
+                pi, pj = _bucket_pairs(keys, node, max_bucket)
             if rep_new is not None and len(pi):
                 keep = rep_new[pi] | rep_new[pj]
                 pi, pj = pi[keep], pj[keep]
@@ -1160,7 +1174,11 @@ def lsh_candidate_pairs(
     found: list[np.ndarray] = []
     for band in range(bands):
         keys = _row_keys(sig[first, band * rows:(band + 1) * rows])
-        for a, b in _bucket_runs(keys, max_bucket, group_new, chunk):
+        # with new rows, only buckets holding one: the same runs, in the same order, as over every key
+        sel = _sharing_a_key_with(keys, group_new) if group_new is not None else None
+        runs = _bucket_runs(keys, max_bucket, None, chunk) if sel is None else \
+            ((sel[a], sel[b]) for a, b in _bucket_runs(keys[sel], max_bucket, group_new[sel], chunk))
+        for a, b in runs:
             if group_new is not None:
                 keep = group_new[a] | group_new[b]
                 a, b = a[keep], b[keep]

@@ -633,3 +633,36 @@ def test_compact_signatures_give_the_same_pairs_and_sets_in_half_the_memory():
     empty = {ids[k] for k, t in enumerate(texts) if not t.strip()}
     assert not any(set(g["row_id"].to_list()) & empty for _, g in
                    d.near_duplicates(ids, small, threshold=0.5).group_by("set_id"))
+
+
+def test_searches_limited_to_new_rows_find_the_full_searchs_pairs_that_touch_one():
+    """``near_pairs`` and ``lsh_candidate_pairs`` with a new-row mask look only at the buckets that
+    hold a new row; they must find what the full search finds, also where a bucket is larger than
+    ``max_bucket`` (the cap follows the same order either way)."""
+    rng = np.random.default_rng(11)
+    base = ["the quick brown fox jumps over the lazy dog number %d" % (i % 40) for i in range(300)]
+    texts = [t + " " + " ".join(rng.choice(["alpha", "beta", "gamma", "delta"], size=rng.integers(0, 3)))
+             for t in base]
+    sig = d.compact_signatures(d.minhash_signatures(texts))
+    new = rng.random(len(texts)) < 0.1
+
+    def touching(pairs):
+        i, j, s = pairs
+        keep = new[i] | new[j]
+        return sorted(zip(np.minimum(i, j)[keep].tolist(), np.maximum(i, j)[keep].tolist(), np.round(s[keep], 6).tolist()))
+
+    def as_list(pairs):
+        i, j, s = pairs
+        return sorted(zip(np.minimum(i, j).tolist(), np.maximum(i, j).tolist(), np.round(s, 6).tolist()))
+
+    for cap in (None, 3):
+        full = d.lsh_candidate_pairs(sig, 0.6, None, max_bucket=cap)
+        limited = d.lsh_candidate_pairs(sig, 0.6, new, max_bucket=cap)
+        assert len(limited[0]) > 0 and as_list(limited) == touching(full)
+    for cap in (64, 2):
+        # near_pairs links identical signatures through their first copy, so with a mask it keeps the
+        # pairs of signature groups holding a new row: every full pair with a new row, and only full pairs
+        full = set(as_list(d.near_pairs(sig, 0.5, new_mask=None, max_bucket=cap)))
+        limited = set(as_list(d.near_pairs(sig, 0.5, new_mask=new, max_bucket=cap)))
+        with_new = {p for p in full if new[p[0]] or new[p[1]]}
+        assert with_new and with_new <= limited <= full
