@@ -75,14 +75,17 @@ class ListCache:
         self.stats = {"hits": 0, "misses": 0, "segments_written": 0, "compacted": 0}
 
     # ---------------------------------------------------------------- manifest and segments
+    def _empty(self) -> dict[str, Any]:
+        return {"width": None, "dtype": self.dtype.name, "segments": []}
+
     def _manifest(self) -> dict[str, Any]:
-        path = self.folder / "manifest.json"
+        """The manifest on disk, or an empty one when it is missing, unreadable or of another dtype."""
         try:
-            data = json.loads(path.read_text("utf-8"))
+            data = json.loads((self.folder / "manifest.json").read_text("utf-8"))
         except (OSError, ValueError):
-            return {"width": None, "dtype": self.dtype.name, "segments": []}
+            return self._empty()
         if data.get("dtype") != self.dtype.name or not isinstance(data.get("segments"), list):
-            return {"width": None, "dtype": self.dtype.name, "segments": []}
+            return self._empty()
         return data
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
@@ -206,7 +209,7 @@ class ListCache:
         manifest = self._manifest()
         seg_keys = self._segment_keys(manifest) if manifest["segments"] else []
         if seg_keys is None:  # damaged: start afresh
-            seg_keys, manifest = [], {"width": None, "dtype": self.dtype.name, "segments": []}
+            seg_keys, manifest = [], self._empty()
         seg_of, off_of = self._lookup(rowids, key_hashes, seg_keys)
         hit = seg_of >= 0
         out: np.ndarray | None = None
@@ -231,17 +234,20 @@ class ListCache:
             got, got_filled = from_warehouse(rowids[miss], positions[miss], out)
             out = got
             filled |= got_filled
-            wrote = got_filled[positions[miss]]
-            if wrote.any() and out.shape[1] > 0:
+            new = np.zeros(len(rowids), dtype=bool)
+            new[miss] = got_filled[positions[miss]]  # read from DuckDB just now, and found there
+            if new.any() and out.shape[1] > 0:
                 with contextlib.suppress(OSError):
-                    self._append(rowids[miss][wrote], key_hashes[miss][wrote], out, positions[miss][wrote],
-                                 rowids, key_hashes, positions, filled)
+                    self._append(rowids, key_hashes, positions, new, filled[positions], out)
         if out is None:
             out = np.zeros((n_rows, 0), dtype=self.dtype)
         return out, filled
 
-    def _append(self, rowids: np.ndarray, key_hashes: np.ndarray, source: np.ndarray, positions: np.ndarray,
-                all_rowids: np.ndarray, all_hashes: np.ndarray, all_positions: np.ndarray, filled: np.ndarray) -> None:
+    def _append(self, rowids: np.ndarray, key_hashes: np.ndarray, positions: np.ndarray, new: np.ndarray,
+                found: np.ndarray, source: np.ndarray) -> None:
+        """Add the rows of one read marked ``new`` (read from DuckDB) as a segment; beyond
+        ``MAX_SEGMENTS``, when the read covers at least half of what is cached, rewrite every ``found``
+        row of the read as one segment instead and drop the others."""
         with self._locked():
             manifest = self._manifest()
             width = int(source.shape[1])
@@ -249,20 +255,14 @@ class ListCache:
             if manifest["width"] not in (None, width) or (old and self._segment_keys(manifest) is None):
                 # another width, or a segment missing or damaged: start afresh
                 self._remove(old)
-                old, manifest = [], {"width": None, "dtype": self.dtype.name, "segments": []}
+                old, manifest = [], self._empty()
             cached = sum(int(s["rows"]) for s in manifest["segments"])
-            if len(old) + 1 > MAX_SEGMENTS and len(all_rowids) * 2 >= cached:
-                # many small segments: rewrite the rows this read holds as one and drop the rest
-                ok = filled[all_positions]
-                seg = self._write_segment(all_rowids[ok], all_hashes[ok], source, all_positions[ok])
-                manifest = {"width": width, "dtype": self.dtype.name, "segments": [seg]}
-                self._write_manifest(manifest)
+            if len(old) + 1 > MAX_SEGMENTS and len(rowids) * 2 >= cached:
+                seg = self._write_segment(rowids[found], key_hashes[found], source, positions[found])
+                self._write_manifest({"width": width, "dtype": self.dtype.name, "segments": [seg]})
                 self._remove(old)
                 self.stats["compacted"] += 1
                 return
-            seg = self._write_segment(rowids, key_hashes, source, positions)
-            if manifest["width"] is None:
-                self._remove(old)
-                manifest = {"width": width, "dtype": self.dtype.name, "segments": []}
-            manifest["segments"].append(seg)
+            manifest["segments"].append(self._write_segment(rowids[new], key_hashes[new], source, positions[new]))
+            manifest["width"] = width
             self._write_manifest(manifest)

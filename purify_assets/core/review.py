@@ -512,8 +512,8 @@ def text_stats_by_group(frame: Any, group: str, text: str = "text", output: str 
     ``share_short`` (< ``short_chars``), ``share_empty_output`` (blank or NULL ``output``; None
     without an ``output`` column or when the group's outputs are all NULL: a layout without
     responses), ``duplicate_share`` (rows whose lowercased, whitespace-collapsed text repeats another
-    row of the group; or whose ``duplicate_key``, a polars expression, does), ``share_question`` (a question mark), ``languages`` (share per ``lang``, NULL
-    as "unknown"), ``task_cues`` (share of rows hitting each ``TASK_CUES`` type, those >=
+    row of the group; or whose ``duplicate_key``, a polars expression, does), ``share_question`` (a
+    question mark), ``languages`` (share per ``lang``, NULL as "unknown"), ``task_cues`` (share of rows hitting each ``TASK_CUES`` type, those >=
     ``min_cue_share``, largest first)."""
     import polars as pl
 

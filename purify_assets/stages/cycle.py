@@ -916,13 +916,12 @@ def measure_clusters(con: duckdb.DuckDBPyConnection, measure_params: dict[str, A
                                if k in ("k", "silhouette", "davies_bouldin", "calinski_harabasz", "stability")} for r in results])
         report.markdown["k_sweep"] = wh.markdown_table(table, max_rows=40)
         ks = [int(r["k"]) for r in results]
-        series = {"silhouette": [_f(r["silhouette"]) for r in results],
-                  "stability (ARI)": [_f(r.get("stability")) for r in results]}
+        series = {"silhouette": [r["silhouette"] for r in results],
+                  "stability (ARI)": [r.get("stability", float("nan")) for r in results]}
         title = f"K-means k sweep of cycle {from_cycle}"  # a reused sweep draws the same chart: drawn once
         with report.timed("k_sweep_chart"):
             report.images["k_sweep"], reused_chart = wh.cached_chart(
-                con, "k_sweep", {"title": title, "ks": ks, "series": series},
-                lambda: line_chart_png(ks, {k: [float("nan") if v is None else v for v in vs] for k, vs in series.items()}, title))
+                con, "k_sweep", {"title": title, "ks": ks, "series": series}, lambda: line_chart_png(ks, series, title))
         report.values["k_sweep_chart"] = "reused" if reused_chart else "drawn"
     frame = pl.DataFrame(rows, schema=METRIC_SCHEMA, orient="row")
     with report.timed("store"), wh.transaction(con):
