@@ -1221,9 +1221,16 @@ def hybrid_pairs(
                          lsh_min_jaccard=lsh_min_jaccard, lsh_bands=lsh_bands, max_bucket=max_bucket)
 
 
-def _check_hybrid_inputs(vectors: np.ndarray, signatures: np.ndarray, n: int,
-                         weight_cosine: float) -> tuple[np.ndarray, np.ndarray]:
-    x = _check_vectors(vectors, n)
+def _check_hybrid_inputs(vectors: Any, signatures: np.ndarray, n: int,
+                         weight_cosine: float) -> tuple[Any, np.ndarray]:
+    """``vectors``: an array, or rows gathered when indexed (``list_cache.CachedRows``: the search
+    only reads its candidates' vectors; NaN there scores no link instead of raising)."""
+    if isinstance(vectors, np.ndarray) or not hasattr(vectors, "materialize"):
+        x = _check_vectors(vectors, n)
+    elif vectors.ndim != 2 or len(vectors) != n:
+        raise ValueError(f"vectors must have shape ({n}, dim), got {vectors.shape}")
+    else:
+        x = vectors
     sig = np.asarray(signatures)
     if sig.ndim != 2 or sig.shape[0] != n:
         raise ValueError(f"signatures must have shape ({n}, num_perm), got {sig.shape}")
@@ -1254,6 +1261,8 @@ def _hybrid_pairs(x: np.ndarray, sig: np.ndarray, threshold: float, weight_cosin
         cos = _cosines(x, i, j)
         keep = (cos >= candidate_cosine) | (jac >= candidate_jaccard)
     else:
+        if not isinstance(x, np.ndarray):  # a range search reads every vector
+            x = x.materialize()
         ci, cj, _ = semantic_pairs(x, candidate_cosine, new, method=method)
         ni, nj, _ = near_pairs(sig, candidate_jaccard, sig.shape[1], new)
         i = np.concatenate([ci, ni]).astype(np.int64)

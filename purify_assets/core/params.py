@@ -100,6 +100,10 @@ DEFAULT_PARAMS: dict[str, Any] = {
     },
     "review": {
         "reviewer": "offline",
+        # the last review (verdicts, names, recommendation) is carried over to a new cycle while the parameters,
+        # reviewer, prompt and K-means fit are the same and at most this share of the rows it judged are new, gone
+        # or in another cluster since (counted against the cycle actually reviewed); 0 reviews every cycle
+        "rereview_share": 0.2,
         # clusters removed from the next cycle's input: [{"cycle": 1, "cluster": 3, "name": "..."}]
         "drop_clusters": [],
         # rows a review sent back to cleaning: [{"cluster", "name", "problem_row_ids", "reasons"}]

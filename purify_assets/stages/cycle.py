@@ -31,7 +31,7 @@ REMOVED_ROW_IDS_SQL = ("SELECT row_id FROM dedup_sets WHERE NOT is_representativ
 
 
 def _lists_for(con: duckdb.DuckDBPyConnection, keys: pl.DataFrame, table: str, column: str, on: list[str],
-               condition: str, params: list[Any], dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
+               condition: str, params: list[Any], dtype: Any = np.float32, lazy: bool = False) -> tuple[Any, np.ndarray]:
     """The list ``column`` of the ``table`` row matching each row of ``keys`` on the columns ``on``
     (and ``condition`` on ``e``), as one matrix in the order of ``keys``, plus a found mask. The
     rows are matched on keys alone (with their rowid and, for a cached table, the hash of their key
@@ -39,7 +39,8 @@ def _lists_for(con: duckdb.DuckDBPyConnection, keys: pl.DataFrame, table: str, c
     (``core.list_cache``: a quarter of the time of a DuckDB read), and rows not copied yet are read
     from DuckDB and added to them. Without one: when the rows are a good part of the table, in one
     scan by rowid (``warehouse.matrix_by_rowid``: 1.6M vectors in 5 s instead of 17 s through the
-    join), otherwise through the join itself. Nothing passes through a polars list column."""
+    join), otherwise through the join itself. Nothing passes through a polars list column. ``lazy``:
+    with a warehouse file, a ``list_cache.CachedRows`` (rows gathered when indexed) instead of a matrix."""
     from purify_assets.core import list_cache
 
     k = keys.select(on).with_row_index("_pos")
@@ -68,7 +69,12 @@ def _lists_for(con: duckdb.DuckDBPyConnection, keys: pl.DataFrame, table: str, c
 
             folder = list_cache.folder_for(wh.database_path(con), table, column, dtype) if key_hash else None
             if folder is not None:
-                return list_cache.ListCache(folder, dtype).read(found["rid"], found["kh"], found["_pos"], len(k),
+                cache = list_cache.ListCache(folder, dtype)
+                if lazy:
+                    rows = cache.view(found["rid"], found["kh"], found["_pos"], len(k), from_warehouse)
+                    if rows is not None:
+                        return rows, rows.filled
+                return cache.read(found["rid"], found["kh"], found["_pos"], len(k),
                                                                 from_warehouse)
             return from_warehouse(found["rid"], found["_pos"], None)
     finally:
@@ -76,13 +82,13 @@ def _lists_for(con: duckdb.DuckDBPyConnection, keys: pl.DataFrame, table: str, c
 
 
 def _vector_matrix(con: duckdb.DuckDBPyConnection, keys: pl.DataFrame, model_id: str, table: str = "embeddings",
-                   by_text: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                   by_text: bool = True, lazy: bool = False) -> tuple[Any, np.ndarray]:
     """The vectors ``model_id`` made for the rows of ``keys``, as one float32 matrix in the order of
     ``keys``, and a bool per row saying whether it has one (rows without stay zero). ``by_text``
     matches (row_id, text_hash), so a row whose text changed since it was embedded has no vector;
     otherwise row_id alone (response vectors carry the response's hash). See ``_lists_for``."""
     return _lists_for(con, keys, table, "vector", ["row_id", "text_hash"] if by_text else ["row_id"],
-                      "e.model_id = ?", [model_id])
+                      "e.model_id = ?", [model_id], lazy=lazy)
 
 
 def _all_vectors(con: duckdb.DuckDBPyConnection, keys: pl.DataFrame, model_id: str) -> np.ndarray:
@@ -210,8 +216,11 @@ def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], mod
                                                     previous_sets=prev("near")))
     vectors = np.zeros((0, 0), dtype=np.float32)
     if n and (dedup_params.get("semantic", True) or dedup_params.get("conflicts", True)):
+        # the hybrid search scores only its LSH candidates, and conflicts only rows sharing an input: with
+        # the flat-file cache the vectors stay in it (memory-mapped) and only those rows are gathered
+        hybrid = dedup_params.get("semantic_mode", "hybrid") == "hybrid" or not dedup_params.get("semantic", True)
         with report.timed("load_vectors"):
-            vectors, _ = _vector_matrix(con, rows.filter(pl.col("has_vector")), model_id)
+            vectors, _ = _vector_matrix(con, rows.filter(pl.col("has_vector")), model_id, lazy=hybrid)
     if n and dedup_params.get("semantic", True):
         has_vec = rows["has_vector"].to_numpy()
         every = bool(has_vec.all())
@@ -232,7 +241,7 @@ def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], mod
                         response_lengths=emb["response_length"].to_list(), new_mask=mask, previous_sets=prev("semantic")))
                 else:
                     frames.append(dedup.semantic_duplicates(
-                        emb["row_id"].to_list(), vectors, threshold=float(dedup_params.get("semantic_threshold", 0.95)),
+                        emb["row_id"].to_list(), vectors if isinstance(vectors, np.ndarray) else vectors.materialize(), threshold=float(dedup_params.get("semantic_threshold", 0.95)),
                         response_lengths=emb["response_length"].to_list(), new_mask=mask, previous_sets=prev("semantic")))
         report.counts["semantic.rows_without_vector"] = int(n - len(emb))
     if n and dedup_params.get("conflicts", True):
@@ -989,6 +998,17 @@ def review_clusters(con: duckdb.DuckDBPyConnection, params: ParamsVersion, store
 
     report = StageReport()
     cycle = latest_cycle_or_fail(con)
+    review_cfg = dict(params.params.get("review", {}))
+    review_cfg.setdefault("cache_dir", str(cache_dir))
+    reviewer = rv.make_reviewer(review_cfg)
+    reviewer_id = getattr(reviewer, "reviewer_id", type(reviewer).__name__)
+    with report.timed("carry_check"):
+        carry = _review_to_carry(con, cycle, reviewer_id, reviewer.prompt_hash,
+                                 float(review_cfg.get("rereview_share", 0.2)))
+    if carry["carry"]:
+        log(f"review: carrying over the review of cycle {carry['from_cycle']} ({carry['reason']})")
+        return _carry_review(con, cycle, carry, params, report)
+    report.values.update(mode="reviewed", rereview_reason=carry["reason"])
     with report.timed("load"):
         data = _labelled(con, cycle, model_id, with_text=True)
         vectors = _all_vectors(con, data, model_id)
@@ -998,16 +1018,13 @@ def review_clusters(con: duckdb.DuckDBPyConnection, params: ParamsVersion, store
     per: dict[int, dict[str, float]] = {}
     for r in metric_rows.filter(pl.col("scope") == "cluster").iter_rows(named=True):
         per.setdefault(int(r["cluster"]), {})[r["metric"]] = r["value"]
-    review_cfg = dict(params.params.get("review", {}))
     with report.timed("evidence"):
         cards = m.cluster_cards(vectors, labels, data["row_id"].to_list(), data["text"].to_list(),
                                 n_central=int(review_cfg.get("n_central", 5)), n_boundary=int(review_cfg.get("n_boundary", 3)))
         evidence = build_evidence(data, cards, per)
     with report.timed("dedup_evidence"):
         dedup_ev = dedup_evidence(con, params.params.get("dedup") or {}, data, model_id, vectors=vectors)
-    review_cfg.setdefault("cache_dir", str(cache_dir))
-    reviewer = rv.make_reviewer(review_cfg)
-    log(f"reviewing {len(evidence)} clusters with {getattr(reviewer, 'reviewer_id', type(reviewer).__name__)}")
+    log(f"reviewing {len(evidence)} clusters with {reviewer_id}")
     with report.timed("review"):
         outcome = reviewer.review(evidence, glob, dedup=dedup_ev)
     review = outcome.review
@@ -1057,6 +1074,100 @@ def review_clusters(con: duckdb.DuckDBPyConnection, params: ParamsVersion, store
     report.counts["dedup_evidence.near_misses"] = len(dedup_ev.near_misses)
     report.markdown["dedup_review"] = _dedup_review_markdown(dedup_ev, dr)
     report.markdown["cluster_cards"] = cluster_cards_markdown(evidence, {int(c["cluster"]): c for c in review["clusters"]})
+    report.markdown["cycles"] = wh.markdown_table(cycle_history(con))
+    return report
+
+
+REVIEW_COLUMNS = ["cycle", "scope", "cluster", "name", "task_type", "quality", "verdict", "merge_with", "reasons",
+                  "problem_row_ids", "reviewer", "prompt_hash", "review_json"]
+
+
+def _review_to_carry(con: duckdb.DuckDBPyConnection, cycle: int, reviewer_id: str, prompt_hash: str,
+                     rereview_share: float) -> dict[str, Any]:
+    """Whether the last review still describes the clusters of ``cycle``, so that it is carried over
+    instead of rebuilding every cluster's evidence and asking the reviewer again.
+
+    It does when the last review had no failures, was made by the same reviewer with the same prompt,
+    the cycle it judged (``from_cycle``: the cycle whose evidence was built, followed through earlier
+    carry-overs) ran on the same parameters, the clusters still come from the K-means fit used then,
+    and the rows new since, gone since or labelled differently are at most ``review.rereview_share``
+    of the rows judged (drift adds up over carry-overs: it is counted against ``from_cycle``).
+    Returns {"carry", "reason"} and, when carried, from_cycle, previous_cycle and the row counts."""
+    last = wh.run(con, "SELECT cycle, reviewer, prompt_hash, review_json FROM cluster_reviews "
+                       "WHERE scope = 'global' AND cycle < ? ORDER BY cycle DESC LIMIT 1", [cycle])
+    if rereview_share <= 0:
+        return {"carry": False, "reason": "review.rereview_share is 0: every cycle is reviewed"}
+    if not last:
+        return {"carry": False, "reason": "no earlier review"}
+    previous, last_reviewer, last_prompt, blob = last[0]
+    info = json.loads(blob or "{}")
+    if info.get("failures"):
+        return {"carry": False, "reason": f"the review of cycle {previous} had failures"}
+    if (last_reviewer, last_prompt) != (reviewer_id, prompt_hash):
+        return {"carry": False, "reason": f"the reviewer or its prompt changed since cycle {previous}"}
+    source = int(info.get("carried_from") or previous)
+    hashes = dict(wh.run(con, "SELECT cycle, params_hash FROM cycles WHERE cycle IN (?, ?)", [source, cycle]))
+    if hashes.get(source) is None or hashes.get(source) != hashes.get(cycle):
+        return {"carry": False, "reason": f"the parameters changed since the review of cycle {source}"}
+    fit = wh.run(con, "SELECT min(fit_cycle), max(fit_cycle) FROM fit_state WHERE stage = 'clusters'")
+    if not fit or fit[0][0] is None or fit[0][1] > source:
+        return {"carry": False, "reason": f"the clusters were refitted since the review of cycle {source}"}
+    new, gone, moved, judged = wh.run(con, """
+        SELECT count(*) FILTER (WHERE r.row_id IS NULL), count(*) FILTER (WHERE c.row_id IS NULL),
+               count(*) FILTER (WHERE r.cluster <> c.cluster), count(r.row_id)
+        FROM (SELECT row_id, cluster FROM cluster_labels WHERE cycle = ?) r
+        FULL JOIN (SELECT row_id, cluster FROM cluster_labels WHERE cycle = ?) c ON c.row_id = r.row_id""",
+                                       [source, cycle])[0]
+    share = (new + gone + moved) / max(judged, 1)
+    carry = share <= rereview_share
+    reason = (f"{new:,} rows new, {gone:,} gone and {moved:,} in another cluster since the review of cycle {source}: "
+              f"{share:.1%} of its {judged:,} rows, {'within' if carry else 'above'} review.rereview_share {rereview_share:.0%}")
+    return {"carry": carry, "reason": reason, "from_cycle": source, "previous_cycle": int(previous), "rows_new": int(new),
+            "rows_gone": int(gone), "rows_moved": int(moved), "changed_share": share}
+
+
+def _carry_review(con: duckdb.DuckDBPyConnection, cycle: int, carry: dict[str, Any], params: ParamsVersion,
+                  report: StageReport) -> StageReport:
+    """Write the last cycle's reviews again under ``cycle``, each marked with ``carried_from``; the
+    parameters are not touched (that review's recommendation was acted on when it was made)."""
+    source, previous = carry["from_cycle"], carry["previous_cycle"]
+
+    def marked(blob: str | None) -> str:
+        value = json.loads(blob or "{}")
+        value["carried_from"] = source
+        return json.dumps(value, ensure_ascii=False)
+
+    frame = wh.frame(con, f"SELECT {', '.join(REVIEW_COLUMNS)} FROM cluster_reviews WHERE cycle = ? ORDER BY scope DESC, cluster",
+                     [previous])
+    frame = frame.with_columns(pl.lit(cycle, dtype=pl.Int32).alias("cycle"),
+                               pl.col("review_json").map_elements(marked, return_dtype=pl.String))
+    glob = frame.filter(pl.col("scope") == "global")
+    k_rec = glob["verdict"][0] if len(glob) else None
+    note = f"review of cycle {source} carried over: {carry['reason']}"
+    with report.timed("store"), wh.transaction(con):
+        wh.replace_table(con, "cluster_reviews", frame, "cycle = ?", [cycle])
+        wh.run(con, "UPDATE cycles SET recommendation = ?, proposed_version = NULL, state = 'review_carried_over', note = ? "
+                    "WHERE cycle = ?", [k_rec, note, cycle])
+    clusters = frame.filter(pl.col("scope") == "cluster")
+    verdicts = Counter(clusters["verdict"].to_list())
+    report.counts.update(cycle=cycle, clusters_reviewed=0, clusters_carried_over=len(clusters), failures=0,
+                         rows_new_since_review=carry["rows_new"], rows_gone_since_review=carry["rows_gone"],
+                         rows_moved_since_review=carry["rows_moved"])
+    report.counts.update({f"verdict.{k}": v for k, v in sorted(verdicts.items())})
+    reviewer = glob["reviewer"][0] if len(glob) else None
+    report.values.update(mode="carried_over", carried_from=source, reuse_reason=carry["reason"], reviewer=reviewer,
+                         prompt_hash=glob["prompt_hash"][0] if len(glob) else None, params_version=params.version,
+                         k_recommendation=str(k_rec), next_state="review_carried_over", proposed_version=0, note=note,
+                         changed_share=round(float(carry["changed_share"]), 4))
+    report.markdown["reviews"] = wh.markdown_table(clusters.select(
+        "cluster", "name", "task_type", "quality", "verdict", "merge_with", "reasons"), max_rows=60, max_chars=120)
+    g = json.loads(glob["review_json"][0] or "{}").get("global", {}) if len(glob) else {}
+    dr = g.get("dedup_recommendation")
+    report.values["dedup_recommendation"] = f"{dr['parameter']} -> {dr['value']}" if dr else "none"
+    reasons = json.loads(glob["reasons"][0]) if len(glob) and glob["reasons"][0] else []
+    report.markdown["global"] = "\n".join(f"- {r}" for r in reasons) or "_no reasons given_"
+    report.markdown["cluster_cards"] = (f"_The review of cycle {source} was carried over; its materialization holds the "
+                                        "cluster cards it was made from._")
     report.markdown["cycles"] = wh.markdown_table(cycle_history(con))
     return report
 

@@ -666,3 +666,37 @@ def test_searches_limited_to_new_rows_find_the_full_searchs_pairs_that_touch_one
         limited = set(as_list(d.near_pairs(sig, 0.5, new_mask=new, max_bucket=cap)))
         with_new = {p for p in full if new[p[0]] or new[p[1]]}
         assert with_new and with_new <= limited <= full
+
+
+def test_hybrid_reads_only_its_candidates_from_lazily_gathered_vectors(tmp_path):
+    from purify_assets.core.list_cache import CachedRows
+
+    texts, x = _hybrid_fixture(seed=6)
+    sig = d.minhash_signatures(texts)
+    ids = _ids(len(texts))
+    n = len(ids)
+    half = n // 2  # two segment files, the second holding the rows in reverse order
+    (tmp_path / "a.data").write_bytes(np.ascontiguousarray(x[:half]).tobytes())
+    (tmp_path / "b.data").write_bytes(np.ascontiguousarray(x[half:][::-1]).tobytes())
+    maps = {0: np.memmap(tmp_path / "a.data", np.float32, "r", shape=(half, x.shape[1])),
+            1: np.memmap(tmp_path / "b.data", np.float32, "r", shape=(n - half, x.shape[1]))}
+    segment = np.where(np.arange(n) < half, 0, 1).astype(np.int32)
+    offset = np.where(np.arange(n) < half, np.arange(n), n - 1 - np.arange(n))
+    gathered = []
+
+    class Counting(CachedRows):
+        def __getitem__(self, idx):
+            out = super().__getitem__(idx)
+            gathered.append(len(out))
+            return out
+
+    lazy = Counting(maps, segment, offset, x.shape[1], np.float32)
+    np.testing.assert_array_equal(lazy.materialize(), x)
+    gathered.clear()
+    kw = dict(threshold=0.85, weight_cosine=0.5, candidate_cosine=0.7, candidate_jaccard=0.7, grouping="components")
+    lsh = d.hybrid_duplicates(ids, lazy, sig, candidates="lsh", **kw)
+    assert lsh.height > 0 and lsh.equals(d.hybrid_duplicates(ids, x, sig, candidates="lsh", **kw))
+    # the norm check reads the first 1,000 rows (here all 493); then only candidate pairs' rows, never all
+    assert gathered[0] == min(n, 1000) and len(gathered) > 1 and max(gathered[1:]) < n
+    union = d.hybrid_duplicates(ids, lazy, sig, candidates="union", method="exact", **kw)  # reads them all
+    assert union.equals(lsh)

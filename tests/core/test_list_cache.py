@@ -143,3 +143,40 @@ def test_signatures_are_cached_in_their_own_dtype_and_the_switch_turns_it_off(tm
     assert list_cache.folder_for(None, "embeddings", "vector", np.float32) is None  # in-memory warehouse
     with pytest.raises(KeyError):
         list_cache.KEY_COLUMNS["clean_rows"]
+
+
+def test_a_lazy_view_gathers_the_same_rows_as_a_read_and_adds_new_rows_first(tmp_path):
+    rng = np.random.default_rng(3)
+    path = tmp_path / "w.duckdb"
+    with wh.connect(path) as con:
+        first, x1 = _rows(0, 2000, rng)
+        wh.insert_frame(con, "embeddings", first)
+        second, x2 = _rows(2000, 300, rng)
+        wh.insert_frame(con, "embeddings", second)
+        _vector_matrix(con, first.select("row_id", "text_hash"), "m")  # only the first batch is in the files
+        keys = pl.concat([first, second]).select("row_id", "text_hash")[::-1]  # any order
+        ghost = pl.DataFrame({"row_id": ["nowhere"], "text_hash": ["h?"]})  # no vector at all
+        view, found = _vector_matrix(con, pl.concat([keys, ghost]), "m", lazy=True)
+        assert isinstance(view, list_cache.CachedRows) and view.shape == (2301, 6)
+        assert found[:2300].all() and not found[2300]
+        expected = np.concatenate([x1, x2])[::-1]
+        pick = np.array([0, 5, 299, 300, 1999, 2299, 2300])
+        np.testing.assert_array_equal(view[pick][:-1], expected[pick[:-1]])
+        assert not view[pick][-1].any()  # the row without a vector reads as zeros
+        np.testing.assert_array_equal(view[10:20], expected[10:20])
+        np.testing.assert_array_equal(view.materialize()[:2300], expected)
+        # the new batch was added to the files before the view was made: a second view reads nothing from DuckDB
+        manifest = json.loads((_cache_dir(path) / "manifest.json").read_text())
+        assert [s["rows"] for s in manifest["segments"]] == [2000, 300]
+        again, _ = _vector_matrix(con, keys, "m", lazy=True)
+        np.testing.assert_array_equal(again.materialize(), expected)
+        # no cache file (switched off): a plain matrix, as before
+        import os
+
+        os.environ["PURIFY_LIST_CACHE"] = "0"
+        try:
+            plain, _ = _vector_matrix(con, keys, "m", lazy=True)
+        finally:
+            del os.environ["PURIFY_LIST_CACHE"]
+        assert isinstance(plain, np.ndarray)
+        np.testing.assert_array_equal(plain, expected)

@@ -314,3 +314,62 @@ def test_the_3d_plot_reads_the_hover_texts_of_the_drawn_points_only(home):
         assert all(h.escape(t[:120]) in page for t in shown)
         assert not any(h.escape(t[:120]) in page for t in hidden if not any(t[:120] in s for s in shown))
         assert "showing 25 of" in page
+
+
+def test_the_review_is_carried_over_while_few_rows_change_and_redone_when_drift_adds_up(home):
+    with wh.connect(home / "w.duckdb") as con:
+        cy = Cycle(home, con)
+        cy.pv = cy.store.write(deep_merge(cy.pv.params, {"review": {"rereview_share": 0.15}}), source="user", reason="test")
+
+        def review():
+            return review_clusters(con, cy.pv, cy.store, cy.emb.model_id, home / "cache")
+
+        cy.land(make_rows())  # 60 rows
+        cy.run()
+        first = review()
+        assert first.values["mode"] == "reviewed" and first.values["rereview_reason"] == "no earlier review"
+        assert "evidence" in first.timings
+        versions = len(cy.store.history())  # with what the first review proposed
+        cy.land(fresh_rows("new", 6))  # 10 % new: the clusters keep their fit, the review stands
+        cy.run()
+        second = review()
+        assert second.values["mode"] == "carried_over" and second.values["carried_from"] == 1
+        assert "evidence" not in second.timings and second.counts["clusters_carried_over"] == first.counts["clusters_reviewed"]
+        assert "6 rows new, 0 gone and 0 in another cluster since the review of cycle 1: 10.0% of its 60 rows" in \
+            second.values["reuse_reason"]
+        columns = "scope, cluster, name, task_type, quality, verdict, merge_with, reasons, problem_row_ids, reviewer, prompt_hash"
+        same = f"SELECT {columns} FROM cluster_reviews WHERE cycle = ? ORDER BY scope, cluster"
+        assert wh.frame(con, same, [2]).equals(wh.frame(con, same, [1])) and len(wh.frame(con, same, [2])) > 1
+        marks = wh.run(con, "SELECT DISTINCT json_extract(review_json, '$.carried_from')::INT FROM cluster_reviews WHERE cycle = 2")
+        assert marks == [(1,)]
+        state = wh.run(con, "SELECT state, proposed_version, recommendation FROM cycles WHERE cycle = 2")[0]
+        assert state[:2] == ("review_carried_over", None) and state[2] == second.values["k_recommendation"]
+        assert len(cy.store.history()) == versions  # nothing proposed again
+        # drift is counted against the cycle actually reviewed: 6 + 4 new rows are 16.7 % of cycle 1's 60 rows
+        cy.land(fresh_rows("more", 4))
+        cy.run()
+        third = review()
+        assert third.values["mode"] == "reviewed" and "evidence" in third.timings
+        assert "10 rows new" in third.values["rereview_reason"] and "above review.rereview_share 15%" in third.values["rereview_reason"]
+        assert wh.run(con, "SELECT count(*) FROM cluster_reviews WHERE cycle = 3 AND review_json LIKE '%carried_from%'") == [(0,)]
+
+
+def test_the_review_is_redone_after_a_refit_or_when_switched_off(home):
+    from purify_assets.stages.cycle import _review_to_carry
+
+    with wh.connect(home / "w.duckdb") as con:
+        cy = Cycle(home, con)
+        cy.land(make_rows())
+        cy.run()
+        first = review_clusters(con, cy.pv, cy.store, cy.emb.model_id, home / "cache")
+        reviewer, prompt = first.values["reviewer"], first.values["prompt_hash"]
+        cy.land(fresh_rows("new", 3))
+        cy.run()
+        assert _review_to_carry(con, 2, reviewer, prompt, 0.2)["carry"]
+        assert _review_to_carry(con, 2, reviewer, prompt, 0.0)["reason"] == "review.rereview_share is 0: every cycle is reviewed"
+        assert "reviewer or its prompt changed" in _review_to_carry(con, 2, "openai:gpt-x", prompt, 0.2)["reason"]
+        # another k: new parameters, a new K-means fit, a fresh review
+        cy.pv = cy.store.write(deep_merge(cy.pv.params, {"cluster": {"k": 4}}), source="user", reason="k 4")
+        cy.run()
+        verdict = _review_to_carry(con, 3, reviewer, prompt, 0.2)
+        assert not verdict["carry"] and "parameters changed since the review of cycle 1" in verdict["reason"]
