@@ -41,7 +41,10 @@ from typing import Any
 
 import numpy as np
 
-CHUNK = 65536  # rows per chunk for distance computations and transforms
+# rows per chunk for distance computations and transforms: 16 MB of 512-d float32. Temporaries of that
+# size are reused by the allocator; 128 MB ones (65,536 rows) were fresh pages every time, which the
+# VMs here charge 2.5-4 ms per MB for
+CHUNK = 8192
 
 ALGORITHMS = ("kmeans", "dbscan", "hdbscan")
 REDUCERS = ("auto", "none", "pca", "umap")

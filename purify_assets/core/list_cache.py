@@ -243,6 +243,16 @@ class ListCache:
             out = np.zeros((n_rows, 0), dtype=self.dtype)
         return out, filled
 
+    def add(self, rowids: np.ndarray, key_hashes: np.ndarray, values: np.ndarray, positions: np.ndarray) -> None:
+        """Append rows a stage has just stored and still holds (table row ``rowids[i]`` holds
+        ``values[positions[i]]``), so that the next reader finds them here instead of in DuckDB."""
+        rowids = np.asarray(rowids, dtype=np.int64)
+        if not len(rowids) or values.ndim != 2 or values.shape[1] == 0:
+            return
+        every = np.ones(len(rowids), dtype=bool)
+        self._append(rowids, np.asarray(key_hashes).astype(np.int64, copy=False), np.asarray(positions, dtype=np.int64),
+                     every, every, values, compact=False)
+
     def view(self, rowids: np.ndarray, key_hashes: np.ndarray, positions: np.ndarray, n_rows: int,
              from_warehouse: Callable[[np.ndarray, np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray]]
              ) -> "CachedRows | None":

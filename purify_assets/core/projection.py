@@ -81,7 +81,7 @@ def import_umap():
     return umap
 
 METHODS = ("pca", "tsne", "umap")
-CHUNK = 65536
+CHUNK = 8192  # rows per chunk (16 MB of 512-d float32 temporaries, reused; see core.clustering.CHUNK)
 
 
 def _sample(n: int, size: int, seed: int) -> np.ndarray:

@@ -431,6 +431,33 @@ def cached_chart(con: duckdb.DuckDBPyConnection, kind: str, content: Any, draw: 
     return png, False
 
 
+def cache_lists(con: duckdb.DuckDBPyConnection, table: str, column: str, keys: pl.DataFrame, on: Sequence[str],
+                values: np.ndarray, dtype: Any, condition: str = "TRUE", params: Sequence[Any] = ()) -> int:
+    """Copy lists a stage has just inserted into ``table`` (row ``i`` of ``keys``, matched on the
+    columns ``on`` and ``condition`` on ``e``, holds ``values[i]``) into the flat-file cache of
+    ``table.column`` (``core.list_cache``), so that the next reader does not read them back from
+    DuckDB. Returns the rows copied; 0 without a cache (in-memory warehouse, switched off). The
+    cache is only a cache: a failure to write it is ignored."""
+    from purify_assets.core import list_cache
+
+    folder = list_cache.folder_for(database_path(con), table, column, dtype)
+    key_hash = list_cache.key_hash_sql(table)
+    if folder is None or key_hash is None or not len(keys):
+        return 0
+    match = " AND ".join([f"e.{c} = k.{c}" for c in on] + [condition])
+    con.register("_cache_keys", keys.select(list(on)).with_row_index("_pos"))
+    try:
+        found = con.sql(f"SELECT k._pos, e.rowid AS rid, {key_hash} AS kh FROM _cache_keys k JOIN {table} e ON {match}",
+                        params=list(params) or None).fetchnumpy()
+    finally:
+        con.unregister("_cache_keys")
+    try:
+        list_cache.ListCache(folder, dtype).add(found["rid"], found["kh"], np.asarray(values, dtype=dtype), found["_pos"])
+    except OSError:
+        return 0
+    return len(found["rid"])
+
+
 def database_path(con: duckdb.DuckDBPyConnection) -> str | None:
     """The file of the connection's current database, or None for an in-memory one."""
     rows = run(con, "SELECT path FROM duckdb_databases() WHERE database_name = current_database()")

@@ -318,10 +318,15 @@ def _embed_into(con: duckdb.DuckDBPyConnection, batch_id: str, table: str, wante
         embedded += len(texts)
         rows = chunk.select("row_id", "text_hash").join(unique.select("text_hash").with_row_index("_u"), on="text_hash",
                                                         how="left", maintain_order="left")
+        stored = vectors[rows["_u"].to_numpy()]
         frame = rows.select(pl.lit(batch_id).alias("batch_id"), "row_id", pl.lit(model_id).alias("model_id"),
-                            "text_hash").with_columns(vectors_to_frame(vectors[rows["_u"].to_numpy()]))
+                            "text_hash").with_columns(vectors_to_frame(stored))
         with report.timed("store"), wh.transaction(con):
             wh.insert_frame(con, table, frame)
+        with report.timed("store"):  # the cycle stages read vectors from the flat files: no read back from DuckDB
+            wh.cache_lists(con, table, "vector", rows.select("row_id", "text_hash"), ["row_id", "text_hash"],
+                           stored, np.float32, "e.model_id = ?", [model_id])
+        del stored, frame
         lo = hi
         rate = embedded / embed_seconds if embed_seconds > 0 else 0.0
         left = len(rest) - lo

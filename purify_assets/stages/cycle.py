@@ -146,10 +146,14 @@ def _signatures(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, num_perm: in
         with wh.transaction(con):  # a cache keyed by (row hash, config): all of a batch of signatures or none
             wh.insert_frame(con, "dedup_signatures", fresh)
         del fresh
+        compact = compact_signatures(fresh_sig)
+        # and into the flat files, which the next run reads them from
+        wh.cache_lists(con, "dedup_signatures", "signature", unique.select("row_hash"), ["row_hash"], compact, np.uint32,
+                       "e.config = ?", [config])
         # every missing row (copies of one hash included) takes its hash's new signature
         where = missing.select("_pos", "row_hash").join(unique.select("row_hash").with_row_index("_new"), on="row_hash",
                                                         how="left", maintain_order="left")
-        sig[where["_pos"].to_numpy()] = compact_signatures(fresh_sig)[where["_new"].to_numpy()]
+        sig[where["_pos"].to_numpy()] = compact[where["_new"].to_numpy()]
     return sig
 
 

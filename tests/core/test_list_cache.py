@@ -180,3 +180,40 @@ def test_a_lazy_view_gathers_the_same_rows_as_a_read_and_adds_new_rows_first(tmp
             del os.environ["PURIFY_LIST_CACHE"]
         assert isinstance(plain, np.ndarray)
         np.testing.assert_array_equal(plain, expected)
+
+
+def test_stages_copy_what_they_store_into_the_files_so_the_next_reader_skips_duckdb(tmp_path):
+    from purify_assets.core.params import DEFAULT_PARAMS
+    from purify_assets.stages.cycle import dedup_rows
+    from tests.stages.test_stages import TrigramEmbedder, load, make_rows
+
+    (tmp_path / "archive").mkdir()
+    emb = TrigramEmbedder()
+    reads = []
+    real = list_cache.ListCache.read
+
+    def spy(self, *a, **k):
+        out = real(self, *a, **k)
+        reads.append((self.folder.name, dict(self.stats)))
+        return out
+
+    with wh.connect(tmp_path / "w.duckdb") as con:
+        load(con, tmp_path, "a.jsonl", make_rows(), emb)  # embed_batch stores 60 vectors and copies them
+        folder = list_cache.folder_for(str(tmp_path / "w.duckdb"), "embeddings", "vector", np.float32)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert sum(s["rows"] for s in manifest["segments"]) == 60
+        keys = wh.frame(con, "SELECT row_id, text_hash FROM clean_rows ORDER BY row_id")
+        list_cache.ListCache.read = spy
+        try:
+            x, found = _vector_matrix(con, keys, emb.model_id)
+            dedup_rows(con, DEFAULT_PARAMS["dedup"], emb.model_id)  # hashes every row: signatures copied too
+            dedup_rows(con, dict(DEFAULT_PARAMS["dedup"], incremental=False), emb.model_id)  # reads them all back
+        finally:
+            list_cache.ListCache.read = real
+        assert found.all() and reads[0] == ("embeddings.vector.float32", {"hits": 60, "misses": 0, "segments_written": 0,
+                                                                          "compacted": 0})
+        stored = np.array(wh.frame(con, "SELECT vector FROM embeddings e JOIN clean_rows c USING (row_id, text_hash) "
+                                        "ORDER BY row_id")["vector"].to_list(), dtype=np.float32)
+        np.testing.assert_array_equal(x, stored)
+        signature_reads = [s for name, s in reads if name.startswith("dedup_signatures")]
+        assert signature_reads[-1]["misses"] == 0 and signature_reads[-1]["hits"] > 0
