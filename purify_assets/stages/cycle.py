@@ -353,6 +353,25 @@ def kept_rows_sql() -> str:
 
 
 # ------------------------------------------------------------------------------------------- cluster
+def _store_fit_state(con: duckdb.DuckDBPyConnection, stage: str, state: pl.DataFrame, kept_fit: bool) -> None:
+    """Write ``state`` (one row per row of the data, see ``_fit_drift``) as the ``fit_state`` of ``stage``.
+    A kept fit (``kept_fit``) leaves the rows it already describes as they are stored (same config, fit
+    cycle, size and ``since_fit``): only rows gone are deleted and new rows inserted, instead of
+    rewriting every row each cycle. Call inside the stage's transaction."""
+    if not kept_fit:
+        wh.replace_table(con, "fit_state", state, "stage = ?", [stage])
+        return
+    con.register("_state", state)
+    try:
+        wh.run(con, "DELETE FROM fit_state f WHERE f.stage = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM _state s WHERE s.row_id = f.row_id AND s.text_hash = f.text_hash)", [stage])
+        wh.run(con, "INSERT INTO fit_state BY NAME SELECT * FROM _state s WHERE NOT EXISTS "
+                    "(SELECT 1 FROM fit_state f WHERE f.stage = ? AND f.row_id = s.row_id AND f.text_hash = s.text_hash)",
+               [stage])
+    finally:
+        con.unregister("_state")
+
+
 def _fit_drift(con: duckdb.DuckDBPyConnection, stage: str, label: str, data: pl.DataFrame, config: str,
                config_changed: str, setting: str, refit_share: float) -> dict[str, Any]:
     """How far the rows ``data`` (row_id, text_hash) moved from the last fit of ``stage`` in
@@ -501,7 +520,7 @@ def cluster_rows(con: duckdb.DuckDBPyConnection, params: ParamsVersion, model_id
                     "VALUES (?, ?, ?, ?, ?, ?, 'clustered')",
                     [cycle, params.version, params.hash, _now(), n, len([c for c in sizes if c >= 0])])
         if algorithm == "kmeans":
-            wh.replace_table(con, "fit_state", state, "stage = 'clusters'")
+            _store_fit_state(con, "clusters", state, plan["reuse"])
             if fit_rows is not None:
                 wh.replace_table(con, "cluster_fit", fit_rows)
         else:  # density clusterings are refitted every cycle: no state to keep
@@ -763,7 +782,7 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
                           "row_id": data["row_id"], "text_hash": data["text_hash"], "since_fit": since})
     with report.timed("store"), wh.transaction(con):
         wh.replace_table(con, "projections", pl.concat(frames) if frames else None)
-        wh.replace_table(con, "fit_state", state, "stage = 'projections'")
+        _store_fit_state(con, "projections", state, plan["reuse"])
         if not plan["reuse"]:
             wh.replace_table(con, "projection_fit", pl.concat(fit_frames) if fit_frames else None)
     report.counts.update(cycle=cycle, rows=n, projections=len(frames), fit_cycle=fit_cycle, rows_at_fit=rows_at_fit)

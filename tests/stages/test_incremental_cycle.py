@@ -373,3 +373,29 @@ def test_the_review_is_redone_after_a_refit_or_when_switched_off(home):
         cy.run()
         verdict = _review_to_carry(con, 3, reviewer, prompt, 0.2)
         assert not verdict["carry"] and "parameters changed since the review of cycle 1" in verdict["reason"]
+
+
+def test_a_kept_fit_updates_its_fit_state_row_by_row(home):
+    with wh.connect(home / "w.duckdb") as con:
+        cy = Cycle(home, con)
+        cy.land(make_rows())
+        cy.run(with_measure=False)
+        state = "SELECT row_id, text_hash, config, fit_cycle, rows_at_fit, since_fit FROM fit_state WHERE stage = ? ORDER BY row_id"
+        first = {stage: wh.frame(con, state, [stage]) for stage in ("clusters", "projections")}
+        assert all(len(f) == 60 and not f["since_fit"].any() for f in first.values())
+        for tag, n, total in (("new", 4, 64), ("more", 3, 67)):
+            cy.land(fresh_rows(tag, n))
+            proj, _ = cy.run(with_measure=False)
+            assert proj.values["mode"] == "reused"
+            for stage, before in first.items():
+                now = wh.frame(con, state, [stage])
+                kept = now.join(before.select("row_id"), on="row_id", how="semi")
+                assert len(now) == total and kept.equals(before)  # the fitted rows' state is untouched
+                added = now.join(before.select("row_id"), on="row_id", how="anti")
+                assert len(added) == total - 60 and added["since_fit"].all() and (added["fit_cycle"] == 1).all()
+                assert (added["rows_at_fit"] == 60).all() and added["config"].n_unique() == 1
+        # a row gone from the data leaves the state too
+        wh.run(con, "DELETE FROM clean_rows WHERE row_id = (SELECT min(row_id) FROM clean_rows)")
+        cy.run(with_measure=False)
+        for stage in ("clusters", "projections"):
+            assert wh.scalar(con, "SELECT count(*) FROM fit_state WHERE stage = ?", [stage]) == 66
