@@ -582,11 +582,8 @@ def k_sweep(vectors: np.ndarray, ks: list[int] | range, seed: int = 0, sample_si
                            threads=None)
     from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 
-    if hasattr(vectors, "materialize"):  # rows gathered when indexed (list_cache.CachedRows): only the sample
-        xs = _as_matrix(vectors[sample_indices(len(vectors), sample_size, seed)])
-    else:
-        x = _as_matrix(vectors)
-        xs = x[sample_indices(len(x), sample_size, seed)]
+    x = _as_matrix(vectors)
+    xs = x[sample_indices(len(x), sample_size, seed)]
     sil_idx = sample_indices(len(xs), silhouette_sample, seed + 7)
     base = dict(params or {})
     base.update(algorithm="kmeans", seed=seed, fit_sample=max(len(xs), 1))

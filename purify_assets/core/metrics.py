@@ -40,13 +40,10 @@ NAN = float("nan")
 
 
 def _prep(vectors: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    # rows gathered when indexed (list_cache.CachedRows) stay so: every pass here reads row blocks or samples
-    lazy = hasattr(vectors, "materialize")
-    x = vectors if lazy else np.asarray(vectors)
+    x = np.asarray(vectors)
     if x.ndim != 2:
         raise ValueError(f"vectors must be a 2-D array, got shape {x.shape}")
-    if not lazy:
-        x = x.astype(np.float32, copy=False)
+    x = x.astype(np.float32, copy=False)
     lab = np.asarray(labels)
     if lab.shape != (x.shape[0],):
         raise ValueError(f"labels has shape {lab.shape}, expected ({x.shape[0]},) to match the vectors")

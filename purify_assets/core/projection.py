@@ -197,16 +197,10 @@ def project(vectors: np.ndarray, method: str, n_components: int, seed: int = 0, 
         raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
     if fit_sample < 1:
         raise ValueError(f"fit_sample must be positive, got {fit_sample}")
-    # rows gathered when indexed (list_cache.CachedRows): PCA reads its fit sample and then blocks of
-    # rows, so they stay lazy for it; the other methods index them in every way and get the matrix
-    lazy = hasattr(vectors, "materialize")
-    if lazy and method != "pca":
-        vectors, lazy = vectors.materialize(), False
-    x = vectors if lazy else np.asarray(vectors)
+    x = np.asarray(vectors)
     if x.ndim != 2:
         raise ValueError(f"vectors must be a 2-D array, got shape {x.shape}")
-    if not lazy:
-        x = x.astype(np.float32, copy=False)
+    x = x.astype(np.float32, copy=False)
     n = len(x)
     if n == 0:
         return np.zeros((0, n_components), dtype=np.float32)

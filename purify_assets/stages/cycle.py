@@ -91,10 +91,10 @@ def _vector_matrix(con: duckdb.DuckDBPyConnection, keys: pl.DataFrame, model_id:
                       "e.model_id = ?", [model_id], lazy=lazy)
 
 
-def _all_vectors(con: duckdb.DuckDBPyConnection, keys: pl.DataFrame, model_id: str, lazy: bool = False) -> Any:
+def _all_vectors(con: duckdb.DuckDBPyConnection, keys: pl.DataFrame, model_id: str) -> np.ndarray:
     """``_vector_matrix`` for rows that must all have a vector (they were selected by a join on
     ``embeddings``); a row without one means the warehouse changed under the stage."""
-    x, found = _vector_matrix(con, keys, model_id, lazy=lazy)
+    x, found = _vector_matrix(con, keys, model_id)
     if not found.all():
         missing = keys["row_id"].gather(np.flatnonzero(~found)[:3]).to_list()
         raise RuntimeError(f"{int((~found).sum()):,} rows lost their {model_id!r} vectors while the stage ran "
@@ -874,8 +874,7 @@ def measure_clusters(con: duckdb.DuckDBPyConnection, measure_params: dict[str, A
     params_hash = wh.scalar(con, "SELECT params_hash FROM cycles WHERE cycle = ?", [cycle])
     with report.timed("load"):
         data = _labelled(con, cycle, model_id)
-        # every figure here reads row blocks or samples: with the flat-file cache the vectors stay in it
-        vectors = _all_vectors(con, data, model_id, lazy=True)
+        vectors = _all_vectors(con, data, model_id)
     labels = data["cluster"].to_numpy()
     sample = int(measure_params.get("silhouette_sample", 5000))
     with report.timed("silhouette"):

@@ -217,31 +217,3 @@ def test_stages_copy_what_they_store_into_the_files_so_the_next_reader_skips_duc
         np.testing.assert_array_equal(x, stored)
         signature_reads = [s for name, s in reads if name.startswith("dedup_signatures")]
         assert signature_reads[-1]["misses"] == 0 and signature_reads[-1]["hits"] > 0
-
-
-def test_measure_reads_the_same_figures_from_lazily_gathered_vectors(tmp_path, monkeypatch):
-    from purify_assets.core.params import DEFAULT_PARAMS, ParamsStore, set_path
-    from purify_assets.stages.cycle import cluster_rows, dedup_rows, measure_clusters
-    from tests.stages.test_stages import TrigramEmbedder, load, make_rows
-
-    (tmp_path / "archive").mkdir()
-    emb = TrigramEmbedder()
-    pv = ParamsStore(tmp_path / "p.sqlite").write(set_path(DEFAULT_PARAMS, "cluster.k", 3), source="user", reason="t")
-    measure = dict(pv.params["measure"], k_sweep=[2, 3, 4])
-    figures = "SELECT scope, setting, cluster, metric, value FROM cluster_metrics WHERE metric NOT LIKE '%seconds%' ORDER BY ALL"
-    with wh.connect(tmp_path / "w.duckdb") as con:
-        load(con, tmp_path, "a.jsonl", make_rows(), emb, pv.params)
-        dedup_rows(con, pv.params["dedup"], emb.model_id)
-        cluster_rows(con, pv, emb.model_id)
-        gathered = []
-        real = list_cache.CachedRows.__getitem__
-        monkeypatch.setattr(list_cache.CachedRows, "__getitem__", lambda self, idx: gathered.append(1) or real(self, idx))
-        lazy = measure_clusters(con, measure, emb.model_id)
-        lazy_rows = wh.frame(con, figures)
-        monkeypatch.setenv("PURIFY_LIST_CACHE", "0")
-        gathered_lazily = len(gathered)
-        plain = measure_clusters(con, measure, emb.model_id)
-        assert gathered_lazily > 0 and len(gathered) == gathered_lazily  # the second run had a plain matrix
-        assert wh.frame(con, figures).equals(lazy_rows) and len(lazy_rows) > 20
-        assert lazy.values["silhouette"] == plain.values["silhouette"]
-        assert lazy.images["pca_2d"] == plain.images["pca_2d"]
