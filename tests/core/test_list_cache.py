@@ -149,10 +149,8 @@ def test_a_lazy_view_gathers_the_same_rows_as_a_read_and_adds_new_rows_first(tmp
     rng = np.random.default_rng(3)
     path = tmp_path / "w.duckdb"
     with wh.connect(path) as con:
-        first, x1 = _rows(0, 2000, rng)
-        wh.insert_frame(con, "embeddings", first)
-        second, x2 = _rows(2000, 300, rng)
-        wh.insert_frame(con, "embeddings", second)
+        (first, x1), (second, x2) = (_rows(start, n, rng) for start, n in ((0, 2000), (2000, 300)))
+        wh.insert_frame(con, "embeddings", pl.concat([first, second]))
         _vector_matrix(con, first.select("row_id", "text_hash"), "m")  # only the first batch is in the files
         keys = pl.concat([first, second]).select("row_id", "text_hash")[::-1]  # any order
         ghost = pl.DataFrame({"row_id": ["nowhere"], "text_hash": ["h?"]})  # no vector at all
