@@ -1419,12 +1419,17 @@ def publish_dataset(con: duckdb.DuckDBPyConnection, exports_dir: Path, plots_dir
         else:
             os.replace(staging, folder)
     latest = exports_dir / "latest"
-    if latest.is_symlink() or latest.exists():
-        latest.unlink()
-    try:
-        latest.symlink_to(folder.name)
-    except OSError:
-        pass
+    if latest.is_dir() and not latest.is_symlink():
+        # not the link purify keeps (a copy made without links, or the user's own folder): left alone
+        report.values["latest_link"] = f"not updated: {latest} is a directory, not a link; the export is in {folder}"
+    else:
+        if latest.is_symlink() or latest.exists():
+            latest.unlink()
+        try:
+            latest.symlink_to(folder.name)
+            report.values["latest_link"] = f"{latest} -> {folder.name}"
+        except OSError as exc:
+            report.values["latest_link"] = f"not updated: {exc}"
     report.counts.update(cycle=cycle, rows_published=len(out), rows_in_dropped_clusters=len(dropped),
                          clusters_published=out["cluster"].n_unique() if len(out) else 0)
     report.files.update(export_folder=str(folder), dataset_card=str(folder / "DATASET_CARD.md"))

@@ -235,6 +235,15 @@ def test_a_cycle_publishes_exports_and_a_card(home):
         folder = home / "exports" / "cycle_001"
         assert len(list(folder.glob("cluster_*.parquet"))) == published.counts["clusters_published"]
         assert "Row accounting" in (folder / "DATASET_CARD.md").read_text("utf-8")
+        latest = home / "exports" / "latest"
+        assert latest.is_symlink() and latest.resolve() == folder.resolve()
+        # a home copied without links holds a real "latest" folder: publishing goes on and leaves it alone
+        latest.unlink()
+        latest.mkdir()
+        (latest / "mine.txt").write_text("kept", "utf-8")
+        again = publish_dataset(con, home / "exports", home / "plots")
+        assert again.values["latest_link"].startswith("not updated:") and "is a directory" in again.values["latest_link"]
+        assert (latest / "mine.txt").read_text("utf-8") == "kept" and (folder / "DATASET_CARD.md").exists()
 
 
 def test_openai_embeddings_and_reviews_through_the_stages(home, monkeypatch):
