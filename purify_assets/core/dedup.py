@@ -1229,9 +1229,9 @@ def _check_hybrid_inputs(vectors: Any, signatures: np.ndarray, n: int,
                          weight_cosine: float) -> tuple[Any, np.ndarray]:
     """``vectors``: an array, or rows gathered when indexed (``list_cache.CachedRows``: the search
     only reads its candidates' vectors; NaN there scores no link instead of raising)."""
-    if isinstance(vectors, np.ndarray) or not hasattr(vectors, "materialize"):
+    if not hasattr(vectors, "materialize"):
         x = _check_vectors(vectors, n)
-    elif vectors.ndim != 2 or len(vectors) != n:
+    elif len(vectors) != n:
         raise ValueError(f"vectors must have shape ({n}, dim), got {vectors.shape}")
     else:
         x = vectors

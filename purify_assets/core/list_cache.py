@@ -195,6 +195,23 @@ class ListCache:
                     (self.folder / f"{name}{suffix}").unlink()
 
     # ---------------------------------------------------------------- the read
+    @staticmethod
+    def _as_keys(rowids: Any, key_hashes: Any, positions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # UBIGINT key hashes are stored as their int64 bits
+        return (np.asarray(rowids, dtype=np.int64), np.asarray(key_hashes).astype(np.int64, copy=False),
+                np.asarray(positions, dtype=np.int64))
+
+    def _locate(self, rowids: np.ndarray, key_hashes: np.ndarray) -> tuple[dict[str, Any], np.ndarray, np.ndarray, bool]:
+        """(manifest, segment and offset of each wanted row (-1 when not cached), damaged): a damaged
+        cache (a segment missing or short) reads as empty."""
+        manifest = self._manifest()
+        seg_keys = self._segment_keys(manifest) if manifest["segments"] else []
+        damaged = seg_keys is None
+        if damaged:
+            seg_keys, manifest = [], self._empty()
+        seg_of, off_of = self._lookup(rowids, key_hashes, seg_keys)
+        return manifest, seg_of, off_of, damaged
+
     def read(self, rowids: np.ndarray, key_hashes: np.ndarray, positions: np.ndarray, n_rows: int,
              from_warehouse: Callable[[np.ndarray, np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray]]
              ) -> tuple[np.ndarray, np.ndarray]:
@@ -203,14 +220,8 @@ class ListCache:
         files; the rest through ``from_warehouse(rowids, positions, out)``, which fills ``out`` (or
         makes the matrix when ``out`` is None) and returns (matrix, filled); those rows are then
         appended to the cache."""
-        rowids = np.asarray(rowids, dtype=np.int64)
-        key_hashes = np.asarray(key_hashes).astype(np.int64, copy=False)  # UBIGINT hashes, stored as int64 bits
-        positions = np.asarray(positions, dtype=np.int64)
-        manifest = self._manifest()
-        seg_keys = self._segment_keys(manifest) if manifest["segments"] else []
-        if seg_keys is None:  # damaged: start afresh
-            seg_keys, manifest = [], self._empty()
-        seg_of, off_of = self._lookup(rowids, key_hashes, seg_keys)
+        rowids, key_hashes, positions = self._as_keys(rowids, key_hashes, positions)
+        manifest, seg_of, off_of, _ = self._locate(rowids, key_hashes)
         hit = seg_of >= 0
         out: np.ndarray | None = None
         filled = np.zeros(n_rows, dtype=bool)
@@ -246,12 +257,11 @@ class ListCache:
     def add(self, rowids: np.ndarray, key_hashes: np.ndarray, values: np.ndarray, positions: np.ndarray) -> None:
         """Append rows a stage has just stored and still holds (table row ``rowids[i]`` holds
         ``values[positions[i]]``), so that the next reader finds them here instead of in DuckDB."""
-        rowids = np.asarray(rowids, dtype=np.int64)
+        rowids, key_hashes, positions = self._as_keys(rowids, key_hashes, positions)
         if not len(rowids) or values.ndim != 2 or values.shape[1] == 0:
             return
         every = np.ones(len(rowids), dtype=bool)
-        self._append(rowids, np.asarray(key_hashes).astype(np.int64, copy=False), np.asarray(positions, dtype=np.int64),
-                     every, every, values, compact=False)
+        self._append(rowids, key_hashes, positions, every, every, values, compact=False)
 
     def view(self, rowids: np.ndarray, key_hashes: np.ndarray, positions: np.ndarray, n_rows: int,
              from_warehouse: Callable[[np.ndarray, np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray]]
@@ -259,32 +269,27 @@ class ListCache:
         """Like ``read``, but nothing is copied: rows missing from the files are read from DuckDB and
         appended first, then the result maps the segments (``CachedRows``), and a caller gathers
         the rows it needs. None when the files cannot serve every found row (then ``read``)."""
-        rowids = np.asarray(rowids, dtype=np.int64)
-        key_hashes = np.asarray(key_hashes).astype(np.int64, copy=False)
-        positions = np.asarray(positions, dtype=np.int64)
-        for attempt in range(2):
-            manifest = self._manifest()
-            seg_keys = self._segment_keys(manifest) if manifest["segments"] else []
-            if seg_keys is None:
-                return None
-            seg_of, off_of = self._lookup(rowids, key_hashes, seg_keys)
-            hit = seg_of >= 0
-            miss = np.flatnonzero(~hit)
-            if len(miss) and attempt == 0:
-                got, got_filled = from_warehouse(rowids[miss], positions[miss], None)
-                new = np.zeros(len(rowids), dtype=bool)
-                new[miss] = got_filled[positions[miss]]
-                self.stats["misses"] += int(len(miss))
-                if not new.any() or got.shape[1] == 0:
-                    break  # the rows are not in the table either: nothing to add
+        rowids, key_hashes, positions = self._as_keys(rowids, key_hashes, positions)
+        manifest, seg_of, off_of, damaged = self._locate(rowids, key_hashes)
+        if damaged:
+            return None
+        miss = np.flatnonzero(seg_of < 0)
+        if len(miss):
+            self.stats["misses"] += int(len(miss))
+            got, got_filled = from_warehouse(rowids[miss], positions[miss], None)
+            new = np.zeros(len(rowids), dtype=bool)
+            new[miss] = got_filled[positions[miss]]  # rows not in the table either stay missing
+            if new.any() and got.shape[1] > 0:
                 try:
                     # ``got`` holds only the missing rows: no compaction, which rewrites every row of the read
                     self._append(rowids, key_hashes, positions, new, new, got, compact=False)
                 except OSError:
                     return None
                 del got
-                continue
-            break
+                manifest, seg_of, off_of, damaged = self._locate(rowids, key_hashes)
+                if damaged:
+                    return None
+        hit = seg_of >= 0
         if not hit.any():
             return None
         self.stats["hits"] += int(hit.sum())

@@ -321,9 +321,10 @@ def _embed_into(con: duckdb.DuckDBPyConnection, batch_id: str, table: str, wante
         stored = vectors[rows["_u"].to_numpy()]
         frame = rows.select(pl.lit(batch_id).alias("batch_id"), "row_id", pl.lit(model_id).alias("model_id"),
                             "text_hash").with_columns(vectors_to_frame(stored))
-        with report.timed("store"), wh.transaction(con):
-            wh.insert_frame(con, table, frame)
-        with report.timed("store"):  # the cycle stages read vectors from the flat files: no read back from DuckDB
+        with report.timed("store"):
+            with wh.transaction(con):
+                wh.insert_frame(con, table, frame)
+            # once committed, into the flat files the cycle stages read vectors from: no read back from DuckDB
             wh.cache_lists(con, table, "vector", rows.select("row_id", "text_hash"), ["row_id", "text_hash"],
                            stored, np.float32, "e.model_id = ?", [model_id])
         del stored, frame

@@ -74,8 +74,7 @@ def _lists_for(con: duckdb.DuckDBPyConnection, keys: pl.DataFrame, table: str, c
                     rows = cache.view(found["rid"], found["kh"], found["_pos"], len(k), from_warehouse)
                     if rows is not None:
                         return rows, rows.filled
-                return cache.read(found["rid"], found["kh"], found["_pos"], len(k),
-                                                                from_warehouse)
+                return cache.read(found["rid"], found["kh"], found["_pos"], len(k), from_warehouse)
             return from_warehouse(found["rid"], found["_pos"], None)
     finally:
         con.unregister("_list_keys")
@@ -222,9 +221,9 @@ def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], mod
     if n and (dedup_params.get("semantic", True) or dedup_params.get("conflicts", True)):
         # the hybrid search scores only its LSH candidates, and conflicts only rows sharing an input: with
         # the flat-file cache the vectors stay in it (memory-mapped) and only those rows are gathered
-        hybrid = dedup_params.get("semantic_mode", "hybrid") == "hybrid" or not dedup_params.get("semantic", True)
+        lazy = dedup_params.get("semantic_mode", "hybrid") == "hybrid" or not dedup_params.get("semantic", True)
         with report.timed("load_vectors"):
-            vectors, _ = _vector_matrix(con, rows.filter(pl.col("has_vector")), model_id, lazy=hybrid)
+            vectors, _ = _vector_matrix(con, rows.filter(pl.col("has_vector")), model_id, lazy=lazy)
     if n and dedup_params.get("semantic", True):
         has_vec = rows["has_vector"].to_numpy()
         every = bool(has_vec.all())
@@ -245,7 +244,7 @@ def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], mod
                         response_lengths=emb["response_length"].to_list(), new_mask=mask, previous_sets=prev("semantic")))
                 else:
                     frames.append(dedup.semantic_duplicates(
-                        emb["row_id"].to_list(), vectors if isinstance(vectors, np.ndarray) else vectors.materialize(), threshold=float(dedup_params.get("semantic_threshold", 0.95)),
+                        emb["row_id"].to_list(), vectors, threshold=float(dedup_params.get("semantic_threshold", 0.95)),
                         response_lengths=emb["response_length"].to_list(), new_mask=mask, previous_sets=prev("semantic")))
         report.counts["semantic.rows_without_vector"] = int(n - len(emb))
     if n and dedup_params.get("conflicts", True):
@@ -1012,6 +1011,25 @@ def cycle_history(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
 
 
 # -------------------------------------------------------------------------------------------- review
+#: the columns of ``cluster_reviews`` as the review stage writes them
+REVIEW_SCHEMA = {"cycle": pl.Int32, "scope": pl.String, "cluster": pl.Int32, "name": pl.String, "task_type": pl.String,
+                 "quality": pl.Int32, "verdict": pl.String, "merge_with": pl.Int32, "reasons": pl.String,
+                 "problem_row_ids": pl.String, "reviewer": pl.String, "prompt_hash": pl.String, "review_json": pl.String}
+
+
+def _report_reviews(report: StageReport, frame: pl.DataFrame, glob: dict[str, Any]) -> None:
+    """What both a fresh and a carried-over review report from the rows written (``frame``) and the
+    global judgement ``glob``: verdict counts, the review table, the reasons, the dedup advice."""
+    clusters = frame.filter(pl.col("scope") == "cluster")
+    verdicts = Counter(clusters["verdict"].to_list())
+    report.counts.update({f"verdict.{k}": v for k, v in sorted(verdicts.items())})
+    report.markdown["reviews"] = wh.markdown_table(clusters.select(
+        "cluster", "name", "task_type", "quality", "verdict", "merge_with", "reasons"), max_rows=60, max_chars=120)
+    report.markdown["global"] = "\n".join(f"- {r}" for r in glob.get("reasons", [])) or "_no reasons given_"
+    dr = glob.get("dedup_recommendation")
+    report.values["dedup_recommendation"] = f"{dr['parameter']} -> {dr['value']}" if dr else "none"
+
+
 @releases_memory
 def review_clusters(con: duckdb.DuckDBPyConnection, params: ParamsVersion, store: ParamsStore, model_id: str,
                     cache_dir: Path, log: Log = _no_log) -> StageReport:
@@ -1064,19 +1082,15 @@ def review_clusters(con: duckdb.DuckDBPyConnection, params: ParamsVersion, store
     rows.append((cycle, "global", None, None, None, None, g.get("k_recommendation"), None,
                  json.dumps(g.get("reasons", []), ensure_ascii=False), "[]", outcome.reviewer_id, outcome.prompt_hash,
                  json.dumps({"global": g, "usage": outcome.usage, "failures": outcome.failures}, ensure_ascii=False)))
-    frame = pl.DataFrame(rows, orient="row", schema={
-        "cycle": pl.Int32, "scope": pl.String, "cluster": pl.Int32, "name": pl.String, "task_type": pl.String,
-        "quality": pl.Int32, "verdict": pl.String, "merge_with": pl.Int32, "reasons": pl.String,
-        "problem_row_ids": pl.String, "reviewer": pl.String, "prompt_hash": pl.String, "review_json": pl.String})
+    frame = pl.DataFrame(rows, orient="row", schema=REVIEW_SCHEMA)
 
     decision = decide_next_params(con, cycle, params, store, review)
     with report.timed("store"), wh.transaction(con):
         wh.replace_table(con, "cluster_reviews", frame, "cycle = ?", [cycle])
         wh.run(con, "UPDATE cycles SET recommendation = ?, proposed_version = ?, state = ?, note = ? WHERE cycle = ?",
                     [g.get("k_recommendation"), decision["version"], decision["state"], decision["note"], cycle])
-    verdicts = Counter(c["verdict"] for c in review["clusters"])
     report.counts.update(cycle=cycle, clusters_reviewed=len(review["clusters"]), failures=len(outcome.failures))
-    report.counts.update({f"verdict.{k}": v for k, v in sorted(verdicts.items())})
+    _report_reviews(report, frame, g)
     report.values.update(reviewer=outcome.reviewer_id, prompt_hash=outcome.prompt_hash, params_version=params.version,
                          k_recommendation=str(g.get("k_recommendation")), next_state=decision["state"],
                          proposed_version=decision["version"] or 0, note=decision["note"])
@@ -1088,21 +1102,12 @@ def review_clusters(con: duckdb.DuckDBPyConnection, params: ParamsVersion, store
               "requests": u.get("requests", 0)} for c, u in sorted(spent.items())],
             schema={"cluster": pl.Int64, "source": pl.String, "prompt_tokens": pl.Int64, "completion_tokens": pl.Int64,
                     "cost_usd": pl.Float64, "requests": pl.Int64}), max_rows=60)
-    report.markdown["reviews"] = wh.markdown_table(frame.filter(pl.col("scope") == "cluster").select(
-        "cluster", "name", "task_type", "quality", "verdict", "merge_with", "reasons"), max_rows=60, max_chars=120)
-    report.markdown["global"] = "\n".join(f"- {r}" for r in g.get("reasons", [])) or "_no reasons given_"
-    dr = g.get("dedup_recommendation")
-    report.values["dedup_recommendation"] = f"{dr['parameter']} -> {dr['value']}" if dr else "none"
     report.counts["dedup_evidence.removed_pairs"] = len(dedup_ev.removed_pairs)
     report.counts["dedup_evidence.near_misses"] = len(dedup_ev.near_misses)
-    report.markdown["dedup_review"] = _dedup_review_markdown(dedup_ev, dr)
+    report.markdown["dedup_review"] = _dedup_review_markdown(dedup_ev, g.get("dedup_recommendation"))
     report.markdown["cluster_cards"] = cluster_cards_markdown(evidence, {int(c["cluster"]): c for c in review["clusters"]})
     report.markdown["cycles"] = wh.markdown_table(cycle_history(con))
     return report
-
-
-REVIEW_COLUMNS = ["cycle", "scope", "cluster", "name", "task_type", "quality", "verdict", "merge_with", "reasons",
-                  "problem_row_ids", "reviewer", "prompt_hash", "review_json"]
 
 
 def _review_to_carry(con: duckdb.DuckDBPyConnection, cycle: int, reviewer_id: str, prompt_hash: str,
@@ -1116,10 +1121,10 @@ def _review_to_carry(con: duckdb.DuckDBPyConnection, cycle: int, reviewer_id: st
     and the rows new since, gone since or labelled differently are at most ``review.rereview_share``
     of the rows judged (drift adds up over carry-overs: it is counted against ``from_cycle``).
     Returns {"carry", "reason"} and, when carried, from_cycle, previous_cycle and the row counts."""
-    last = wh.run(con, "SELECT cycle, reviewer, prompt_hash, review_json FROM cluster_reviews "
-                       "WHERE scope = 'global' AND cycle < ? ORDER BY cycle DESC LIMIT 1", [cycle])
     if rereview_share <= 0:
         return {"carry": False, "reason": "review.rereview_share is 0: every cycle is reviewed"}
+    last = wh.run(con, "SELECT cycle, reviewer, prompt_hash, review_json FROM cluster_reviews "
+                       "WHERE scope = 'global' AND cycle < ? ORDER BY cycle DESC LIMIT 1", [cycle])
     if not last:
         return {"carry": False, "reason": "no earlier review"}
     previous, last_reviewer, last_prompt, blob = last[0]
@@ -1160,7 +1165,7 @@ def _carry_review(con: duckdb.DuckDBPyConnection, cycle: int, carry: dict[str, A
         value["carried_from"] = source
         return json.dumps(value, ensure_ascii=False)
 
-    frame = wh.frame(con, f"SELECT {', '.join(REVIEW_COLUMNS)} FROM cluster_reviews WHERE cycle = ? ORDER BY scope DESC, cluster",
+    frame = wh.frame(con, f"SELECT {', '.join(REVIEW_SCHEMA)} FROM cluster_reviews WHERE cycle = ? ORDER BY scope DESC, cluster",
                      [previous])
     frame = frame.with_columns(pl.lit(cycle, dtype=pl.Int32).alias("cycle"),
                                pl.col("review_json").map_elements(marked, return_dtype=pl.String))
@@ -1171,24 +1176,15 @@ def _carry_review(con: duckdb.DuckDBPyConnection, cycle: int, carry: dict[str, A
         wh.replace_table(con, "cluster_reviews", frame, "cycle = ?", [cycle])
         wh.run(con, "UPDATE cycles SET recommendation = ?, proposed_version = NULL, state = 'review_carried_over', note = ? "
                     "WHERE cycle = ?", [k_rec, note, cycle])
-    clusters = frame.filter(pl.col("scope") == "cluster")
-    verdicts = Counter(clusters["verdict"].to_list())
-    report.counts.update(cycle=cycle, clusters_reviewed=0, clusters_carried_over=len(clusters), failures=0,
-                         rows_new_since_review=carry["rows_new"], rows_gone_since_review=carry["rows_gone"],
+    report.counts.update(cycle=cycle, clusters_reviewed=0, clusters_carried_over=int((frame["scope"] == "cluster").sum()),
+                         failures=0, rows_new_since_review=carry["rows_new"], rows_gone_since_review=carry["rows_gone"],
                          rows_moved_since_review=carry["rows_moved"])
-    report.counts.update({f"verdict.{k}": v for k, v in sorted(verdicts.items())})
+    _report_reviews(report, frame, json.loads(glob["review_json"][0] or "{}").get("global", {}) if len(glob) else {})
     reviewer = glob["reviewer"][0] if len(glob) else None
     report.values.update(mode="carried_over", carried_from=source, reuse_reason=carry["reason"], reviewer=reviewer,
                          prompt_hash=glob["prompt_hash"][0] if len(glob) else None, params_version=params.version,
                          k_recommendation=str(k_rec), next_state="review_carried_over", proposed_version=0, note=note,
                          changed_share=round(float(carry["changed_share"]), 4))
-    report.markdown["reviews"] = wh.markdown_table(clusters.select(
-        "cluster", "name", "task_type", "quality", "verdict", "merge_with", "reasons"), max_rows=60, max_chars=120)
-    g = json.loads(glob["review_json"][0] or "{}").get("global", {}) if len(glob) else {}
-    dr = g.get("dedup_recommendation")
-    report.values["dedup_recommendation"] = f"{dr['parameter']} -> {dr['value']}" if dr else "none"
-    reasons = json.loads(glob["reasons"][0]) if len(glob) and glob["reasons"][0] else []
-    report.markdown["global"] = "\n".join(f"- {r}" for r in reasons) or "_no reasons given_"
     report.markdown["cluster_cards"] = (f"_The review of cycle {source} was carried over; its materialization holds the "
                                         "cluster cards it was made from._")
     report.markdown["cycles"] = wh.markdown_table(cycle_history(con))
