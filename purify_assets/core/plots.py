@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import html
 import io
+import textwrap
 import uuid
 from typing import Sequence
 
@@ -62,11 +63,14 @@ def _check(coords: np.ndarray, labels: np.ndarray, dims: int) -> tuple[np.ndarra
     return c[:, :dims], lab
 
 
-def _png(fig) -> bytes:
+def _png(fig, tight: bool = True) -> bytes:
+    """The figure as PNG bytes. ``tight`` crops to the drawn extent, which costs a second draw of
+    the whole figure (a third of a 20,000-point scatter's time here): figures with a fixed layout
+    pass False."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight" if tight else None)
     plt.close(fig)
     return buf.getvalue()
 
@@ -106,13 +110,18 @@ def scatter_png(coords: np.ndarray, labels: np.ndarray, title: str, max_points: 
         ax.annotate(str(cid), (mx, my), ha="center", va="center", fontsize=9, fontweight="bold",
                     bbox=dict(boxstyle="round,pad=0.15", fc="white", ec=colors[cid], alpha=0.8))
     shown = f" (showing {len(idx):,} of {n:,} points)" if len(idx) < n else f" ({n:,} points)"
-    ax.set_title(title + shown, fontsize=11)
+    # a fixed layout (no tight crop, see _png): the title wrapped to the width, room for the legend
+    lines = textwrap.wrap(title + shown, 84) or [""]
+    ax.set_title("\n".join(lines[:3]), fontsize=11)
     ax.set_xticks([])
     ax.set_yticks([])
-    if 0 < len(ids) <= 20:
+    legend = 0 < len(ids) <= 20
+    if legend:
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, markerscale=max(1.0, 6.0 / point),
                   title="cluster (size)", title_fontsize=8, frameon=False)
-    return _png(fig)
+    top = 1.0 - (0.3 + 0.2 * min(len(lines), 3)) / figsize[1]
+    fig.subplots_adjust(left=0.02, bottom=0.02, right=0.84 if legend else 0.98, top=top)
+    return _png(fig, tight=False)
 
 
 def scatter_3d_html(coords: np.ndarray, labels: np.ndarray, hover_texts: Sequence[str] | None, title: str,

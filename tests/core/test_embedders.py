@@ -264,16 +264,20 @@ def test_use_is_cross_lingual():
 @pytest.mark.slow
 def test_use_in_worker_processes_gives_the_in_process_vectors_in_order():
     texts = [f"{s} ({i})" for i, s in enumerate(SENTENCES * 6)]  # 300 texts: several pieces of work
-    parallel = E.USEEmbedder(batch_size=16, workers=2, parallel_min_texts=100)
+    parallel = E.USEEmbedder(batch_size=16, workers=2, parallel_min_texts=200)
     seen = []
     try:
         v = parallel.embed(texts, progress=lambda done, total: seen.append((done, total)))
         assert parallel._pool is not None and parallel.workers == 2  # the workers did the work
-        small = parallel.embed(texts[:10])  # below parallel_min_texts: this process
+        tail = parallel.embed(texts[:150])  # below parallel_min_texts, but the workers already run
+        assert parallel._model is None  # ... so this process never loaded its own encoder
+        small = parallel.embed(texts[:10])  # too short to split (< 64 per worker): this process
+        assert parallel._model is not None
     finally:
         parallel.close()
     alone = E.USEEmbedder(workers=1).embed(texts)
     np.testing.assert_allclose(v, alone, atol=1e-5)
+    np.testing.assert_allclose(tail, alone[:150], atol=1e-5)
     np.testing.assert_allclose(small, alone[:10], atol=1e-5)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1] == (300, 300)
     assert E.make_embedder({"backend": "use", "workers": 3}).workers == 3

@@ -7,6 +7,7 @@ real backends are tested in tests/core/test_embedders.py and end to end in tests
 
 import hashlib
 import json
+import re
 from contextlib import contextmanager
 
 import numpy as np
@@ -119,6 +120,41 @@ class FailingAfter(TrigramEmbedder):
         if self.calls >= self.ok_calls:
             raise ConnectionError("embedding server went away")
         return super().embed(texts)
+
+
+class ProgressTrigramEmbedder(TrigramEmbedder):
+    """Takes a ``progress`` callback, as the packaged embedders do, and calls it every 16 texts."""
+
+    def __init__(self):
+        super().__init__()
+        self.call_sizes = []
+
+    def embed(self, texts, progress=None):
+        self.call_sizes.append(len(texts))
+        out = super().embed(texts)
+        for done in range(16, len(texts) + 16, 16):
+            if progress is not None:
+                progress(min(done, len(texts)), len(texts))
+        return out
+
+
+def test_the_embed_stage_gives_the_model_a_whole_chunk_per_call_and_logs_through_its_progress(home, monkeypatch):
+    from purify_assets.stages import batch as batch_stage
+
+    rows = make_rows()  # 60 distinct texts
+    messages = []
+    clock = iter(range(0, 10_000, 11))  # every reading of the clock 11 s after the last: each progress call logs
+    monkeypatch.setattr(batch_stage.time, "perf_counter", lambda: float(next(clock)))
+    with wh.connect(home / "w.duckdb") as con:
+        batch, _ = archive_file(write_batch(home / "b.jsonl", rows), home / "archive")
+        ingest_batch(con, batch)
+        clean_batch(con, batch.batch_key, DEFAULT_PARAMS["clean"], "instruction")
+        emb = ProgressTrigramEmbedder()
+        report = embed_batch(con, batch.batch_key, emb, log=messages.append, response_vectors=False)
+    # one call for the whole batch (a pool of worker processes stays busy to the end only once per call)
+    assert emb.call_sizes == [60] and report.counts["embedded"] == 60
+    during = [re.search(r"text: ([\d,]+) texts embedded \(", m) for m in messages]
+    assert [int(m.group(1)) for m in during if m] == [16, 32, 48, 60]
 
 
 def test_a_large_batch_is_embedded_in_chunks_each_text_once_and_a_failure_keeps_finished_chunks(home):
