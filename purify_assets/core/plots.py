@@ -76,21 +76,25 @@ def _png(fig, tight: bool = True) -> bytes:
 
 
 def scatter_png(coords: np.ndarray, labels: np.ndarray, title: str, max_points: int = 50000, seed: int = 0,
-                figsize: tuple[float, float] = (8.0, 6.5)) -> bytes:
+                figsize: tuple[float, float] = (8.0, 6.5), all_labels: np.ndarray | None = None) -> bytes:
     """2-D scatter coloured by cluster; noise (-1) grey and small, drawn underneath. Every cluster's
-    id is written at its median position; a legend with sizes is shown up to 20 clusters."""
+    id is written at its median position; a legend with sizes is shown up to 20 clusters.
+    ``all_labels``: the labels of every row when ``coords`` and ``labels`` are already a sample of
+    them (a caller that projects only the points it draws); the legend's sizes and the title's
+    count of rows come from it."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     c, lab = _check(coords, labels, 2)
-    n = len(lab)
-    idx = drawn_points(n, max_points, seed)
+    population = lab if all_labels is None else np.asarray(all_labels).astype(np.int64)
+    idx = drawn_points(len(lab), max_points, seed)
+    n = len(population)
     cs, ls = c[idx], lab[idx]
-    ids = np.unique(lab[lab >= 0])
+    ids = np.unique(population[population >= 0])
     colors = dict(zip(ids.tolist(), _palette(len(ids))))
-    full_sizes = dict(zip(*np.unique(lab, return_counts=True)))
+    full_sizes = dict(zip(*np.unique(population, return_counts=True)))
     point = float(np.clip(30000.0 / max(len(idx), 1), 1.0, 12.0))
 
     fig, ax = plt.subplots(figsize=figsize)
@@ -106,6 +110,8 @@ def scatter_png(coords: np.ndarray, labels: np.ndarray, title: str, max_points: 
                    label=f"{cid} ({full_sizes[cid]:,})", rasterized=True)
     for cid in ids:
         sel = lab == cid
+        if not sel.any():
+            continue
         mx, my = np.median(c[sel, 0]), np.median(c[sel, 1])
         ax.annotate(str(cid), (mx, my), ha="center", va="center", fontsize=9, fontweight="bold",
                     bbox=dict(boxstyle="round,pad=0.15", fc="white", ec=colors[cid], alpha=0.8))

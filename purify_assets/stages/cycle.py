@@ -865,7 +865,7 @@ def measure_clusters(con: duckdb.DuckDBPyConnection, measure_params: dict[str, A
     computed them (the same metric holds this cycle's number when computed now).
     """
     from purify_assets.core import metrics as m
-    from purify_assets.core.plots import scatter_png
+    from purify_assets.core.plots import drawn_points, scatter_png
     from purify_assets.core.projection import project
 
     report = StageReport()
@@ -969,9 +969,12 @@ def measure_clusters(con: duckdb.DuckDBPyConnection, measure_params: dict[str, A
     report.markdown["cycles"] = wh.markdown_table(cycle_history(con))
     if len(data) >= 3:
         with report.timed("plot"):
-            # a picture, not a measurement: PCA fitted on a few thousand rows, at most 20,000 points drawn
-            coords = project(vectors, "pca", 2, seed=0, fit_sample=3000)
-            report.images["pca_2d"] = scatter_png(coords, labels, f"cycle {cycle}: clusters on PCA 2-D", max_points=20000)
+            # a picture, not a measurement: at most 20,000 points drawn, and only they are projected
+            # (PCA fitted on 3,000 of them)
+            drawn = drawn_points(len(labels), 20000)
+            coords = project(vectors[drawn], "pca", 2, seed=0, fit_sample=3000)
+            report.images["pca_2d"] = scatter_png(coords, labels[drawn], f"cycle {cycle}: clusters on PCA 2-D",
+                                                  max_points=20000, all_labels=labels)
     sil = glob.get("silhouette")
     min_sil = float(measure_params.get("min_silhouette", 0.02))
     report.checks["silhouette_above_minimum"] = (sil is not None and sil == sil and sil >= min_sil,

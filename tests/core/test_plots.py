@@ -73,6 +73,18 @@ def test_scatter_png_subsamples_large_inputs():
     assert png[:8] == PNG_MAGIC and len(png) > 5_000
 
 
+def test_scatter_png_of_a_sample_takes_sizes_from_all_labels():
+    rng = np.random.default_rng(2)
+    coords = rng.normal(size=(400, 2))
+    labels = rng.integers(0, 4, 400)
+    population = np.concatenate([labels, np.full(50, 4)])  # cluster 4 is in no drawn point
+    alone = scatter_png(coords, labels, "sample")
+    assert scatter_png(coords, labels, "sample", all_labels=labels) == alone  # the sample is everything
+    a, b = pixels(alone), pixels(scatter_png(coords, labels, "sample", all_labels=population))
+    # the same points; the title says "showing 400 of 450 points" and the legend has other sizes
+    assert a.shape == b.shape and (a != b).any(axis=2).sum() > 100
+
+
 def test_scatter_3d_html_contains_plotly_title_and_noise(scene):
     coords, labels = scene
     texts = [f"row {i}" for i in range(len(labels))]
