@@ -37,9 +37,10 @@ Backends
     ``batch_size`` (256 texts per piece of work and per ``progress`` call), ``workers`` (0 or
     None: one per usable core; 1: in this process), ``threads`` (BLAS threads of the in-process
     encoder; each worker runs one). A call of at least ``parallel_min_texts`` (2,000) texts, or
-    of at least 64 per worker once the workers run, is split among worker processes: the encoder multiplies small matrices and tokenizes in Python, so
-    on 4,000 NSMC reviews here (2 cores), two BLAS threads in one process ran 1.4x the rate of one
-    thread while two single-threaded processes ran 1.9x. Same vectors either way (largest
+    of at least 64 per worker once the workers run, is split among worker processes: the encoder
+    multiplies small matrices and tokenizes in Python, so on 4,000 NSMC reviews here (2 cores),
+    two BLAS threads in one process ran 1.4x the rate of one thread while two single-threaded
+    processes ran 1.9x. Same vectors either way (largest
     difference 4e-7).
 ``openai`` (:class:`OpenAIEmbedder`)
     Any OpenAI-compatible ``/v1/embeddings`` endpoint through the ``openai`` client. Keys:
