@@ -543,7 +543,8 @@ def run_batch(ws: Workspace, con: Any, file: Path, embedder: Any, timings: list[
     with measured(prefix + "embed", rep.counts["kept"], timings) as t:
         rep = embed_batch(con, batch.batch_key, embedder)
         t.detail.update(embedded=rep.counts["embedded"], cache_hits=rep.counts["cache_hits"],
-                        model_id=embedder.model_id)
+                        model_id=embedder.model_id, texts_per_second=rep.values.get("rows_per_second"),
+                        steps={k: round(v, 2) for k, v in rep.timings.items()})
     return batch.batch_key
 
 
