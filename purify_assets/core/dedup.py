@@ -68,6 +68,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import polars as pl
 
+from purify_assets.core.clustering import CHUNK  # rows per block of the passes over signatures and vectors
+
 DEDUP_SCHEMA = {
     "set_id": pl.String,
     "kind": pl.String,
@@ -525,10 +527,6 @@ def _mix_columns(sig: np.ndarray) -> np.ndarray:
     return h
 
 
-#: rows per block of the passes over signatures and vectors: block temporaries of a few MB are reused by
-#: the allocator, 65,536-row ones (up to 128 MB) were fresh pages each time (see core.clustering.CHUNK)
-_CHUNK = 8192
-
 #: fixed odd multipliers for ``_row_keys`` (deterministic, so keys are the same in every run)
 _KEY_MULTIPLIERS = np.random.RandomState(20240611).randint(0, 2**62, size=1024, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
 
@@ -566,7 +564,7 @@ def _bucket_pairs(keys: np.ndarray, nodes: np.ndarray, max_bucket: int) -> tuple
     return pairs["i"].to_numpy(), pairs["j"].to_numpy()
 
 
-def _estimated_jaccard(sig: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = _CHUNK) -> np.ndarray:
+def _estimated_jaccard(sig: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
     out = np.empty(len(i), dtype=np.float32)
     for lo in range(0, len(i), chunk):
         out[lo:lo + chunk] = (sig[i[lo:lo + chunk]] == sig[j[lo:lo + chunk]]).mean(axis=1)
@@ -611,7 +609,7 @@ def near_pairs(
     cand = np.flatnonzero(sig[:, 0] != _empty_marker(sig.dtype))
     node_new = new[cand] if new is not None else np.ones(len(cand), bool)
     # keys block by block: ``sig[cand]`` at once would copy the whole signature matrix
-    keys = np.concatenate([_row_keys(sig[cand[lo:lo + _CHUNK]]) for lo in range(0, len(cand), _CHUNK)]) \
+    keys = np.concatenate([_row_keys(sig[cand[lo:lo + CHUNK]]) for lo in range(0, len(cand), CHUNK)]) \
         if len(cand) else np.empty(0, np.uint64)
     node_df = pl.DataFrame({"key": keys, "pos": cand, "new": node_new},
                            schema={"key": pl.UInt64, "pos": pl.Int64, "new": pl.Boolean})
@@ -763,7 +761,7 @@ def near_duplicates(
 # semantic duplicates
 # --------------------------------------------------------------------------------------------
 
-def _check_vectors(vectors: np.ndarray, n: int, block: int = _CHUNK) -> np.ndarray:
+def _check_vectors(vectors: np.ndarray, n: int, block: int = CHUNK) -> np.ndarray:
     x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
     if x.ndim != 2 or x.shape[0] != n:
         raise ValueError(f"vectors must have shape ({n}, dim), got {x.shape}")
@@ -786,7 +784,7 @@ def _guard(count: int, max_pairs: int, threshold: float) -> None:
             f"vectors (every row would join one set); raise the threshold or pass a larger max_pairs")
 
 
-def _cosines(x: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = _CHUNK) -> np.ndarray:
+def _cosines(x: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
     out = np.empty(len(i), dtype=np.float32)
     for lo in range(0, len(i), chunk):
         out[lo:lo + chunk] = np.einsum("ij,ij->i", x[i[lo:lo + chunk]], x[j[lo:lo + chunk]])
@@ -1045,7 +1043,7 @@ def recall_lsh_params(jaccard: float, num_perm: int, miss_rate: float = 1e-3) ->
     return num_perm, 1
 
 
-def _signature_groups(sig: np.ndarray, chunk: int = _CHUNK) -> tuple[np.ndarray, np.ndarray]:
+def _signature_groups(sig: np.ndarray, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
     """Rows with identical signatures share a group: (group per row, first row of each group).
 
     Groups are keyed by a 64-bit mix of the signature and then checked slot by slot, so a key
@@ -1172,8 +1170,8 @@ def lsh_candidate_pairs(
         group_new[group[new]] = True
     # one byte per slot of each distinct signature for the screening pass (no copy of the signatures)
     low = np.empty((n_groups, num_perm), dtype=np.uint8)
-    for lo in range(0, n_groups, _CHUNK):
-        low[lo:lo + _CHUNK] = sig[first[lo:lo + _CHUNK]] & 0xFF
+    for lo in range(0, n_groups, CHUNK):
+        low[lo:lo + CHUNK] = sig[first[lo:lo + CHUNK]] & 0xFF
     need = int(np.ceil(jaccard * num_perm - 1e-9))
     found: list[np.ndarray] = []
     for band in range(bands):

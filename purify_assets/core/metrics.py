@@ -33,9 +33,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from purify_assets.core.clustering import label_means, nearest_centers, sample_indices
+from purify_assets.core.clustering import CHUNK, label_means, nearest_centers, sample_indices
 
-CHUNK = 8192  # rows per chunk (16 MB of 512-d float32 temporaries, reused; see core.clustering.CHUNK)
 NAN = float("nan")
 
 

@@ -48,6 +48,8 @@ import warnings
 
 import numpy as np
 
+from purify_assets.core.clustering import CHUNK  # rows per block of the passes over vectors
+
 _UMAP_COMPILE_CACHE = False  # numba's disk cache switched on for umap's functions in this process
 
 
@@ -81,7 +83,6 @@ def import_umap():
     return umap
 
 METHODS = ("pca", "tsne", "umap")
-CHUNK = 8192  # rows per chunk (16 MB of 512-d float32 temporaries, reused; see core.clustering.CHUNK)
 
 
 def _sample(n: int, size: int, seed: int) -> np.ndarray:

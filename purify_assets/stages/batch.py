@@ -301,7 +301,17 @@ def _embed_into(con: duckdb.DuckDBPyConnection, batch_id: str, table: str, wante
     started = time.perf_counter()
     embed_seconds = 0.0
     last_log, log_every = started, 10.0
-    lo = 0
+    lo = t0 = 0
+
+    def progress(done_in_call: int, _total: int, first: int = 0) -> None:
+        """Log every ~10 s however slow the model (``first``: texts of this chunk in earlier calls)."""
+        nonlocal last_log
+        if time.perf_counter() - last_log >= log_every:
+            last_log = time.perf_counter()
+            now = embedded + first + done_in_call
+            log(f"{label}: {now:,} texts embedded ({now / max(embed_seconds + last_log - t0, 1e-9):,.0f} texts/s), "
+                f"{lo:,}/{len(rest):,} rows stored")
+
     while lo < len(rest):
         hi = min(lo + chunk_rows, len(rest))
         while hi < len(rest) and hashes[hi] == hashes[hi - 1]:  # a text's repeats stay in one chunk
@@ -311,15 +321,6 @@ def _embed_into(con: duckdb.DuckDBPyConnection, batch_id: str, table: str, wante
         texts = unique["text"].to_list()
         t0 = time.perf_counter()
         parts = []
-
-        def progress(done_in_call: int, _total: int, first: int = 0) -> None:
-            nonlocal last_log
-            if time.perf_counter() - last_log >= log_every:  # a slow model still reports every ~10 s
-                last_log = time.perf_counter()
-                now = embedded + first + done_in_call
-                log(f"{label}: {now:,} texts embedded ({now / max(embed_seconds + last_log - t0, 1e-9):,.0f} texts/s), "
-                    f"{lo:,}/{len(rest):,} rows stored")
-
         with report.timed(f"embed_{label}"):
             for i in range(0, len(texts), chunk_texts):
                 part = texts[i:i + chunk_texts]
