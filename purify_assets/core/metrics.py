@@ -38,11 +38,18 @@ from purify_assets.core.clustering import CHUNK, label_means, nearest_centers, s
 NAN = float("nan")
 
 
-def _prep(vectors: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(vectors)
+def _prep(vectors: Any, labels: np.ndarray) -> tuple[Any, np.ndarray]:
+    """The vectors as float32 rows and the labels as int64, checked against each other. A row source
+    that gathers rows when indexed (``list_cache.CachedRows``: float32 rows left in the cache files)
+    is kept as it is: every function here reads rows in chunks or by index, so a stage can measure
+    a large matrix without holding it."""
+    x = vectors if _is_row_source(vectors) else np.asarray(vectors)
     if x.ndim != 2:
         raise ValueError(f"vectors must be a 2-D array, got shape {x.shape}")
-    x = x.astype(np.float32, copy=False)
+    if isinstance(x, np.ndarray):
+        x = x.astype(np.float32, copy=False)
+    elif np.dtype(x.dtype) != np.float32:
+        raise ValueError(f"a row source must hold float32 rows, got {x.dtype}")
     lab = np.asarray(labels)
     if lab.shape != (x.shape[0],):
         raise ValueError(f"labels has shape {lab.shape}, expected ({x.shape[0]},) to match the vectors")
@@ -51,6 +58,12 @@ def _prep(vectors: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
     if lab.size and lab.min() < -1:
         raise ValueError(f"labels must be >= -1 (-1 = noise), found {int(lab.min())}")
     return x, lab.astype(np.int64)
+
+
+def _is_row_source(x: Any) -> bool:
+    """True for an object that is not an array but hands out rows as one: ``shape``, ``dtype`` and
+    indexing by slice or index array (``list_cache.CachedRows``)."""
+    return not isinstance(x, np.ndarray) and all(hasattr(x, a) for a in ("shape", "dtype", "ndim", "__getitem__"))
 
 
 def _dense(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -189,7 +202,8 @@ def _stratified_mean(values: np.ndarray, groups: np.ndarray, weights: dict[int, 
 
 def global_metrics(vectors: np.ndarray, labels: np.ndarray, sample_size: int = 5000, seed: int = 0,
                    score_sample: int = 100000, n_boot: int = 1000,
-                   silhouettes: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+                   silhouettes: tuple[np.ndarray, np.ndarray] | None = None,
+                   geometry: ClusterGeometry | None = None) -> dict[str, Any]:
     """Global quality of a labelling.
 
     - ``silhouette``: mean silhouette of a uniform sample of at most ``sample_size`` non-noise
@@ -205,6 +219,8 @@ def global_metrics(vectors: np.ndarray, labels: np.ndarray, sample_size: int = 5
       ``score_sample_size`` says how many. scikit-learn's definitions, computed here in one
       chunked pass over the rows (float32 distances to the centroids, float64 sums) instead of
       scikit-learn's float64 copy of the data: 0.15 s instead of 0.9 s on 110,000 x 512 rows.
+      With ``geometry`` (``cluster_geometry`` of the same labels) they come from its distances,
+      over every non-noise row, with no pass over the rows.
     - ``n``, ``n_clusters``, ``n_noise``, ``noise_fraction``; size balance of the clusters:
       ``balance_entropy`` (Shannon entropy / log(n_clusters), 1 = perfectly even), ``gini``
       (0 = even, towards 1 = one cluster holds everything), ``largest_share``, ``smallest_share``
@@ -251,6 +267,11 @@ def global_metrics(vectors: np.ndarray, labels: np.ndarray, sample_size: int = 5
         out["silhouette_sample_size"] = int(len(s_idx))
         lo, hi = _bootstrap_ci(sil, seed, n_boot)
         out["silhouette_ci_low"], out["silhouette_ci_high"] = lo, hi
+    if geometry is not None:  # every row's distances are known already: the scores cover every row
+        g = _checked_geometry(geometry, _dense(lab)[0])
+        out["davies_bouldin"], out["calinski_harabasz"] = _scores_from_geometry(g)
+        out["score_sample_size"] = int(len(keep))
+        return out
     c_idx = keep[sample_indices(len(keep), score_sample, seed + 1)]
     if len(np.unique(lab[c_idx])) >= 2 and len(c_idx) > len(np.unique(lab[c_idx])):
         scored = np.full(n, -1, dtype=np.int64)  # rows outside the sample are left out like noise
@@ -267,13 +288,20 @@ def _separation_scores(x: np.ndarray, dense: np.ndarray, m: int) -> tuple[float,
     own centroid; the rest is per cluster."""
     centers = label_means(x, dense, m)
     counts = np.bincount(dense[dense >= 0], minlength=m).astype(np.float64)
-    total = counts.sum()
     dist_sum = np.zeros(m)
     sq_sum = np.zeros(m)
     for _s, lb, _d, _r, valid, own in _center_distance_chunks(x, dense, centers):
         own64 = own[valid].astype(np.float64)
         dist_sum += np.bincount(lb[valid], weights=own64, minlength=m)
         sq_sum += np.bincount(lb[valid], weights=own64 * own64, minlength=m)
+    return _scores(centers, counts, dist_sum, sq_sum)
+
+
+def _scores(centers: np.ndarray, counts: np.ndarray, dist_sum: np.ndarray, sq_sum: np.ndarray) -> tuple[float, float]:
+    """Davies-Bouldin and Calinski-Harabasz from the centroids and, per cluster, the row count and
+    the sums of the rows' distances (and squared distances) to their centroid."""
+    m = len(counts)
+    total = counts.sum()
     c64 = centers.astype(np.float64)
     mean = (counts[:, None] * c64).sum(axis=0) / total
     between = float((counts * ((c64 - mean) ** 2).sum(axis=1)).sum())
@@ -293,10 +321,75 @@ def _cos_dist_matrix(c: np.ndarray) -> np.ndarray:
     return np.clip(1.0 - cn @ cn.T, 0.0, 2.0)
 
 
+class ClusterGeometry:
+    """Every row's place relative to the centroids of one labelling, from two passes over the rows
+    (centroids, then distances): what ``per_cluster_metrics`` and the Davies-Bouldin and
+    Calinski-Harabasz scores of ``global_metrics`` read. ``cluster_geometry`` builds it once for
+    both, so a stage reads the rows twice instead of four times."""
+
+    def __init__(self, dense: np.ndarray, ids: np.ndarray, centers: np.ndarray, own: np.ndarray,
+                 closer_other: np.ndarray, closer_to_nearest: np.ndarray, nearest_c: np.ndarray, nearest_of: np.ndarray):
+        self.dense, self.ids, self.centers = dense, ids, centers  # labels 0..m-1 (-1 noise), their ids, centroids
+        self.own = own  # distance to the own centroid (NaN for noise)
+        self.closer_other = closer_other  # the nearest other centroid when it is closer than the own, else -1
+        self.closer_to_nearest = closer_to_nearest  # closer to the nearest other cluster's centroid than to the own
+        self.nearest_c, self.nearest_of = nearest_c, nearest_of  # centroid cosine distances, nearest other cluster
+
+    @property
+    def m(self) -> int:
+        return len(self.ids)
+
+
+def cluster_geometry(vectors: Any, labels: np.ndarray) -> ClusterGeometry:
+    """``ClusterGeometry`` of ``labels`` (-1 = noise) over ``vectors`` (an array or a row source, see
+    ``_prep``); O(n x k), rows in chunks."""
+    x, lab = _prep(vectors, labels)
+    return _geometry(x, *_dense(lab))
+
+
+def _geometry(x: Any, dense: np.ndarray, ids: np.ndarray) -> ClusterGeometry:
+    n, m = len(dense), len(ids)
+    centers = label_means(x, dense, m) if m else np.zeros((0, x.shape[1]), dtype=np.float32)
+    own_d = np.full(n, np.nan, dtype=np.float32)
+    closer_other = np.full(n, -1, dtype=np.int64)
+    closer_to_nearest = np.zeros(n, dtype=bool)
+    nearest_c = _cos_dist_matrix(centers)
+    np.fill_diagonal(nearest_c, np.inf)
+    nearest_of = np.argmin(nearest_c, axis=1) if m >= 2 else np.full(m, -1)
+    if m:
+        for s, lb, d, r, valid, own in _center_distance_chunks(x, dense, centers):
+            own_d[s : s + len(lb)] = own
+            if m >= 2:
+                d_other = d.copy()
+                d_other[r[valid], lb[valid]] = np.inf
+                j = np.argmin(d_other, axis=1)
+                closer = valid & (d_other[r, j] < own)
+                closer_other[s : s + len(lb)] = np.where(closer, j, -1)
+                nb = nearest_of[np.maximum(lb, 0)]
+                closer_to_nearest[s : s + len(lb)] = valid & (d[r, nb] < own)
+    return ClusterGeometry(dense, ids, centers, own_d, closer_other, closer_to_nearest, nearest_c, nearest_of)
+
+
+def _checked_geometry(g: ClusterGeometry, dense: np.ndarray) -> ClusterGeometry:
+    if not np.array_equal(g.dense, dense):
+        raise ValueError("geometry was built for other labels than the ones given")
+    return g
+
+
+def _scores_from_geometry(g: ClusterGeometry) -> tuple[float, float]:
+    """(Davies-Bouldin, Calinski-Harabasz) over every labelled row, from the distances already known."""
+    keep = g.dense >= 0
+    lb, own = g.dense[keep], g.own[keep].astype(np.float64)
+    counts = np.bincount(lb, minlength=g.m).astype(np.float64)
+    return _scores(g.centers, counts, np.bincount(lb, weights=own, minlength=g.m),
+                   np.bincount(lb, weights=own * own, minlength=g.m))
+
+
 def per_cluster_metrics(vectors: np.ndarray, labels: np.ndarray, sample_size: int = 5000, seed: int = 0,
                         tiny_min: int = 5, tiny_share: float = 0.01, outlier_sd: float = 3.0,
                         include_noise: bool = True, include_centroid: bool = False,
-                        silhouettes: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict[str, Any]]:
+                        silhouettes: tuple[np.ndarray, np.ndarray] | None = None,
+                        geometry: ClusterGeometry | None = None) -> list[dict[str, Any]]:
     """One dict per cluster (sorted by cluster id), plus a noise row (``cluster`` -1) at the end
     when there is noise and ``include_noise``.
 
@@ -317,7 +410,8 @@ def per_cluster_metrics(vectors: np.ndarray, labels: np.ndarray, sample_size: in
       distances (``outlier_threshold``).
     - ``centroid`` (list of floats, input space) only with ``include_centroid``.
 
-    ``silhouettes`` (from ``sample_silhouettes`` on the same labels) replaces the silhouette pass.
+    ``silhouettes`` (from ``sample_silhouettes`` on the same labels) replaces the silhouette pass;
+    ``geometry`` (from ``cluster_geometry`` on the same labels) the passes over the rows.
     """
     x, lab = _prep(vectors, labels)
     n = len(lab)
@@ -328,23 +422,9 @@ def per_cluster_metrics(vectors: np.ndarray, labels: np.ndarray, sample_size: in
         if include_noise and n:
             rows.append({"cluster": -1, "is_noise": True, "size": int(n), "share": 1.0})
         return rows
-    centers = label_means(x, dense, m)
-    own_d = np.empty(n, dtype=np.float32)
-    closer_other = np.full(n, -1, dtype=np.int64)  # nearest other centroid if closer than own
-    nearest_c = _cos_dist_matrix(centers)
-    np.fill_diagonal(nearest_c, np.inf)
-    nearest_of = np.argmin(nearest_c, axis=1) if m >= 2 else np.full(m, -1)
-    closer_to_nearest = np.zeros(n, dtype=bool)
-    for s, lb, d, r, valid, own in _center_distance_chunks(x, dense, centers):
-        own_d[s : s + len(lb)] = own
-        if m >= 2:
-            d_other = d.copy()
-            d_other[r[valid], lb[valid]] = np.inf
-            j = np.argmin(d_other, axis=1)
-            closer = valid & (d_other[r, j] < own)
-            closer_other[s : s + len(lb)] = np.where(closer, j, -1)
-            nb = nearest_of[np.maximum(lb, 0)]
-            closer_to_nearest[s : s + len(lb)] = valid & (d[r, nb] < own)
+    g = _checked_geometry(geometry, dense) if geometry is not None else _geometry(x, dense, ids)
+    centers, own_d, closer_other, closer_to_nearest = g.centers, g.own, g.closer_other, g.closer_to_nearest
+    nearest_c, nearest_of = g.nearest_c, g.nearest_of
 
     sil = np.full(n, np.nan)
     if silhouettes is not None:

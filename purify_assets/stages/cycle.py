@@ -90,10 +90,11 @@ def _vector_matrix(con: duckdb.DuckDBPyConnection, keys: pl.DataFrame, model_id:
                       "e.model_id = ?", [model_id], lazy=lazy)
 
 
-def _all_vectors(con: duckdb.DuckDBPyConnection, keys: pl.DataFrame, model_id: str) -> np.ndarray:
+def _all_vectors(con: duckdb.DuckDBPyConnection, keys: pl.DataFrame, model_id: str, lazy: bool = False) -> Any:
     """``_vector_matrix`` for rows that must all have a vector (they were selected by a join on
-    ``embeddings``); a row without one means the warehouse changed under the stage."""
-    x, found = _vector_matrix(con, keys, model_id)
+    ``embeddings``); a row without one means the warehouse changed under the stage. ``lazy``: see
+    ``_lists_for`` (an array when the warehouse has no cache files)."""
+    x, found = _vector_matrix(con, keys, model_id, lazy=lazy)
     if not found.all():
         missing = keys["row_id"].gather(np.flatnonzero(~found)[:3]).to_list()
         raise RuntimeError(f"{int((~found).sum()):,} rows lost their {model_id!r} vectors while the stage ran "
@@ -873,15 +874,21 @@ def measure_clusters(con: duckdb.DuckDBPyConnection, measure_params: dict[str, A
     params_hash = wh.scalar(con, "SELECT params_hash FROM cycles WHERE cycle = ?", [cycle])
     with report.timed("load"):
         data = _labelled(con, cycle, model_id)
-        vectors = _all_vectors(con, data, model_id)
+        # rows stay in the cache files and every figure reads them in chunks or by index: at 110,000
+        # rows no 225 MB matrix to fill (reading it was half of a re-run's metrics stage), at 1.7M
+        # no 3.5 GB one
+        vectors = _all_vectors(con, data, model_id, lazy=True)
     labels = data["cluster"].to_numpy()
     sample = int(measure_params.get("silhouette_sample", 5000))
     with report.timed("silhouette"):
         sampled = m.sample_silhouettes(vectors, labels, sample_size=sample, seed=0)
+    with report.timed("geometry"):  # every row's distances to the centroids: read by both figures below
+        geometry = m.cluster_geometry(vectors, labels)
     with report.timed("global"):
-        glob = m.global_metrics(vectors, labels, sample_size=sample, seed=0, silhouettes=sampled)
+        glob = m.global_metrics(vectors, labels, sample_size=sample, seed=0, silhouettes=sampled, geometry=geometry)
     with report.timed("per_cluster"):
-        per = m.per_cluster_metrics(vectors, labels, sample_size=sample, seed=0, silhouettes=sampled)
+        per = m.per_cluster_metrics(vectors, labels, sample_size=sample, seed=0, silhouettes=sampled, geometry=geometry)
+    del geometry
     rows = _long_metrics(cycle, "global", "current", None, glob, params_hash)
     for item in per:
         rows += _long_metrics(cycle, "cluster", "current", int(item["cluster"]), item, params_hash)
@@ -907,9 +914,11 @@ def measure_clusters(con: duckdb.DuckDBPyConnection, measure_params: dict[str, A
                 # a sweep only has to rank ks: sampled rows, two stability runs (one K-means restart picked
                 # k = 7 on 8 clean blobs, so restarts stay at the clustering default)
                 threads = measure_params.get("sweep_threads", 1)  # speed only: one thread does not spin on busy cores
-                computed = k_sweep(vectors, todo, seed=settings["seed"], sample_size=settings["sweep_sample"],
+                matrix = vectors if isinstance(vectors, np.ndarray) else vectors.materialize()
+                computed = k_sweep(matrix, todo, seed=settings["seed"], sample_size=settings["sweep_sample"],
                                    silhouette_sample=settings["silhouette_sample"], n_runs=settings["stability_runs"],
                                    threads=int(threads) if threads else None)
+                del matrix
             for item in computed:
                 item["sweep_from_cycle"] = cycle
         if not reused:  # a fresh sweep: the rows it saw are the reference for the next cycles

@@ -284,3 +284,72 @@ def test_silhouette_values_match_scikit_learn(blobs):
     # label ids with gaps: an id no row carries is nobody's neighbour
     gappy = np.where(y == 1, 3, y)
     np.testing.assert_allclose(silhouette_values(x, gappy), silhouette_samples(x, gappy), atol=1e-5)
+
+
+# -------------------------------------------------------------------------------- shared geometry, row sources
+
+
+class GatheredRows:
+    """A row source like ``list_cache.CachedRows``: rows handed out only when indexed, each read
+    recorded, so a test sees how many rows a function holds at once."""
+
+    ndim = 2
+
+    def __init__(self, x: np.ndarray):
+        self._x, self.shape, self.dtype, self.reads = x, x.shape, x.dtype, []
+
+    def __len__(self) -> int:
+        return len(self._x)
+
+    def __getitem__(self, idx):
+        out = np.array(self._x[idx])
+        self.reads.append(len(out))
+        return out
+
+
+def test_one_geometry_serves_both_figures_and_scores_every_row(blobs):
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
+
+    from purify_assets.core.metrics import cluster_geometry
+
+    x, y = blobs
+    noisy = y.copy()
+    noisy[::9] = -1
+    keep = noisy >= 0
+    g = cluster_geometry(x, noisy)
+    shared = global_metrics(x, noisy, sample_size=300, geometry=g)
+    assert shared["davies_bouldin"] == pytest.approx(davies_bouldin_score(x[keep], noisy[keep]), rel=1e-4)
+    assert shared["calinski_harabasz"] == pytest.approx(calinski_harabasz_score(x[keep], noisy[keep]), rel=1e-4)
+    assert shared["score_sample_size"] == int(keep.sum())
+    # the geometry covers every row, also where the scores alone would take a sample
+    sampled = global_metrics(x, noisy, sample_size=300, score_sample=100)
+    assert sampled["score_sample_size"] == 100
+    assert global_metrics(x, noisy, sample_size=300, score_sample=100, geometry=g)["score_sample_size"] == int(keep.sum())
+    assert per_cluster_metrics(x, noisy, geometry=g) == per_cluster_metrics(x, noisy)
+    other = noisy.copy()
+    other[:5] = (other[:5] + 1) % 5
+    with pytest.raises(ValueError, match="other labels"):
+        per_cluster_metrics(x, other, geometry=g)
+
+
+def test_a_row_source_gives_the_same_figures_read_in_chunks():
+    from purify_assets.core.clustering import CHUNK
+    from purify_assets.core.metrics import cluster_geometry
+
+    x, y = make_blobs(n_samples=CHUNK * 2 + 500, centers=4, n_features=8, random_state=1)
+    x = unit(x)
+    rows = GatheredRows(x)
+    sampled = sample_silhouettes(rows, y, sample_size=200)
+    g = cluster_geometry(rows, y)
+    got_global = global_metrics(rows, y, sample_size=200, silhouettes=sampled, geometry=g)
+    got_per = per_cluster_metrics(rows, y, sample_size=200, silhouettes=sampled, geometry=g)
+    assert max(rows.reads) == CHUNK  # never the whole matrix: chunks, and the sampled rows
+    assert sum(rows.reads) == 2 * len(x) + len(sampled[0])  # two passes (centroids, distances) and the sample
+    want_sampled = sample_silhouettes(x, y, sample_size=200)
+    np.testing.assert_array_equal(sampled[0], want_sampled[0])
+    np.testing.assert_allclose(sampled[1], want_sampled[1], rtol=1e-6)
+    want_g = cluster_geometry(x, y)
+    assert got_global == global_metrics(x, y, sample_size=200, silhouettes=want_sampled, geometry=want_g)
+    assert got_per == per_cluster_metrics(x, y, sample_size=200, silhouettes=want_sampled, geometry=want_g)
+    with pytest.raises(ValueError, match="float32"):
+        global_metrics(GatheredRows(x.astype(np.float64)), y)

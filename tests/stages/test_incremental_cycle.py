@@ -399,3 +399,29 @@ def test_a_kept_fit_updates_its_fit_state_row_by_row(home):
         cy.run(with_measure=False)
         for stage in ("clusters", "projections"):
             assert wh.scalar(con, "SELECT count(*) FROM fit_state WHERE stage = ?", [stage]) == 66
+
+
+def test_measure_reads_the_vectors_from_the_cache_files_without_a_matrix_and_agrees_with_duckdb(home, monkeypatch):
+    from purify_assets.core import list_cache
+
+    with wh.connect(home / "w.duckdb") as con:
+        cy = Cycle(home, con, measure={"k_sweep": None})
+        cy.land(make_rows())
+        cy.run(with_measure=False)
+        views = []
+        real_view = list_cache.ListCache.view
+
+        def spy(self, *a, **k):
+            out = real_view(self, *a, **k)
+            views.append(out)
+            return out
+
+        monkeypatch.setattr(list_cache.ListCache, "view", spy)
+        cached = measure_clusters(con, {"k_sweep": None}, cy.emb.model_id)
+        assert len(views) == 1 and isinstance(views[0], list_cache.CachedRows)  # the stage asked for rows, not a matrix
+        monkeypatch.setenv("PURIFY_LIST_CACHE", "0")  # the same figures from DuckDB's own matrix
+        from_duckdb = measure_clusters(con, {"k_sweep": None}, cy.emb.model_id)
+        assert len(views) == 1
+        assert cached.values == pytest.approx(from_duckdb.values, nan_ok=True)
+        assert cached.markdown["per_cluster"] == from_duckdb.markdown["per_cluster"]
+        assert "geometry" in cached.timings
