@@ -914,7 +914,11 @@ def measure_clusters(con: duckdb.DuckDBPyConnection, measure_params: dict[str, A
                 # a sweep only has to rank ks: sampled rows, two stability runs (one K-means restart picked
                 # k = 7 on 8 clean blobs, so restarts stay at the clustering default)
                 threads = measure_params.get("sweep_threads", 1)  # speed only: one thread does not spin on busy cores
-                matrix = vectors if isinstance(vectors, np.ndarray) else vectors.materialize()
+                matrix = vectors
+                if not isinstance(vectors, np.ndarray):  # only the rows the sweep samples (k_sweep draws the same)
+                    from purify_assets.core.clustering import sample_indices
+
+                    matrix = vectors[sample_indices(len(vectors), settings["sweep_sample"], settings["seed"])]
                 computed = k_sweep(matrix, todo, seed=settings["seed"], sample_size=settings["sweep_sample"],
                                    silhouette_sample=settings["silhouette_sample"], n_runs=settings["stability_runs"],
                                    threads=int(threads) if threads else None)

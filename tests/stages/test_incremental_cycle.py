@@ -425,3 +425,28 @@ def test_measure_reads_the_vectors_from_the_cache_files_without_a_matrix_and_agr
         assert cached.values == pytest.approx(from_duckdb.values, nan_ok=True)
         assert cached.markdown["per_cluster"] == from_duckdb.markdown["per_cluster"]
         assert "geometry" in cached.timings
+
+
+def test_a_fresh_k_sweep_gets_only_its_sampled_rows_the_same_ones_it_would_draw(home, monkeypatch):
+    from purify_assets.core import clustering
+    from purify_assets.stages import cycle as stage
+
+    with wh.connect(home / "w.duckdb") as con:
+        cy = Cycle(home, con)
+        cy.land(make_rows())
+        cy.run(with_measure=False)
+        given = []
+        real = clustering.k_sweep
+
+        def spy(vectors, ks, **kw):
+            given.append(np.array(vectors))
+            return real(vectors, ks, **kw)
+
+        monkeypatch.setattr(clustering, "k_sweep", spy)
+        measure = {"k_sweep": [2, 3], "sweep_sample": 25}
+        report = measure_clusters(con, measure, cy.emb.model_id)
+        assert report.values["k_sweep_mode"] == "computed" and given  # (k_sweep calls itself once to cap its threads)
+        data = stage._labelled(con, report.counts["cycle"], cy.emb.model_id)
+        every = stage._all_vectors(con, data, cy.emb.model_id)
+        assert len(every) > 25
+        np.testing.assert_array_equal(given[0], every[clustering.sample_indices(len(every), 25, 0)])
