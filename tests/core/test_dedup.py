@@ -700,3 +700,17 @@ def test_hybrid_reads_only_its_candidates_from_lazily_gathered_vectors(tmp_path)
     assert gathered[0] == min(n, 1000) and len(gathered) > 1 and max(gathered[1:]) < n
     union = d.hybrid_duplicates(ids, lazy, sig, candidates="union", method="exact", **kw)  # reads them all
     assert union.equals(lsh)
+
+
+def test_band_keys_in_passes_equal_each_band_keyed_alone():
+    from purify_assets.core.dedup import _band_keys, _row_keys
+
+    rng = np.random.default_rng(5)
+    sig = rng.integers(0, 2**32 - 1, size=(9000, 24), dtype=np.uint32)  # more rows than one block
+    nodes = rng.permutation(9000)[:8500]
+    want = [_row_keys(sig[nodes, b * 3:(b + 1) * 3]) for b in range(8)]
+    for budget in (1, 8 * len(nodes) * 3, 1 << 30):  # one band, three bands, every band per pass
+        got = list(_band_keys(sig, nodes, 8, 3, budget_bytes=budget))
+        assert [b for b, _ in got] == list(range(8))
+        for (_, keys), ref in zip(got, want):
+            np.testing.assert_array_equal(keys, ref)
