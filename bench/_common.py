@@ -321,7 +321,7 @@ def nsmc_slice(n: int, dest_dir: Path = CACHE, start: int = 0, variant_copies: b
     path = dest_dir / name
     if path.exists() and path.stat().st_size > 0:
         return path
-    tmp = path.with_suffix(".part")
+    tmp = path.with_suffix(f".{os.getpid()}.part")  # per process: scripts run side by side (run_all --smoke)
     written = 0
     copy = 0
     with open(tmp, "w", encoding="utf-8") as out:
@@ -498,7 +498,9 @@ def cached_embeddings(texts: list[str], embedder: Any, tag: str) -> tuple[np.nda
     x = np.asarray(embedder.embed(texts), dtype=np.float32)
     seconds = time.perf_counter() - t0
     CACHE.mkdir(parents=True, exist_ok=True)
-    np.save(path, x)
+    tmp = path.with_suffix(f".{os.getpid()}.part.npy")  # whole or absent for a script reading it beside this one
+    np.save(tmp, x)
+    os.replace(tmp, path)
     return x, seconds
 
 
