@@ -542,14 +542,15 @@ def _row_keys(block: np.ndarray) -> np.ndarray:
 
 
 def _band_keys(sig: np.ndarray, nodes: np.ndarray, bands: int, rows: int,
-               budget_bytes: int = 128 << 20) -> Iterator[tuple[int, np.ndarray]]:
+               budget_bytes: int = 64 << 20) -> Iterator[tuple[int, np.ndarray]]:
     """(band, the ``_row_keys`` of band ``band`` for the signature rows ``nodes``), band by band.
 
     Several bands are keyed per pass over the rows, each block of rows gathered whole (``np.take``
     of contiguous rows) and keyed for all of those bands at once: taking a band's few columns of
     every row one band at a time cost 0.6 s of a 100k-row incremental search (32 strided gathers),
     most of the LSH step. The keys of the bands of one pass are held together: at most
-    ``budget_bytes`` (one band at the least), so 1.7M rows take 9 bands per pass."""
+    ``budget_bytes`` (one band at the least): 100k rows take every band in one pass, 712k rows 11
+    and 1.7M rows 4 bands per pass (the stage's peak is in dedup at those sizes)."""
     n = len(nodes)
     per_pass = max(1, min(bands, budget_bytes // max(8 * n, 1)))
     for lo in range(0, bands, per_pass):

@@ -141,12 +141,14 @@ def sample_silhouettes(vectors: np.ndarray, labels: np.ndarray, sample_size: int
     return idx, silhouette_values(x[idx], dense[idx])
 
 
-def silhouette_values(x: np.ndarray, labels: np.ndarray, chunk: int = 2048) -> np.ndarray:
+def silhouette_values(x: np.ndarray, labels: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """Silhouette of every row of ``x`` (Euclidean, labels 0..m-1, no noise), as scikit-learn's
     ``silhouette_samples`` defines it (a row alone in its cluster scores 0). Distances come from
     one float32 matrix product per chunk of rows; scikit-learn upcasts float32 input to float64
     in small blocks (0.43 s against 0.23 s here on 5,000 x 512 rows). The values agree with
-    scikit-learn's to about 1e-5."""
+    scikit-learn's to about 1e-5. Each chunk's distances are computed in place in one buffer that
+    every chunk reuses: with a fresh 40 MB temporary per operation the first call in a process
+    took 1.3-2.6 s instead of 0.3 s on 5,000 x 512 rows here, paying for new memory pages."""
     x = np.asarray(x, dtype=np.float32)
     lab = np.asarray(labels, dtype=np.int64)
     n = len(lab)
@@ -156,11 +158,17 @@ def silhouette_values(x: np.ndarray, labels: np.ndarray, chunk: int = 2048) -> n
     onehot[np.arange(n), lab] = 1.0
     sq = (x * x).sum(axis=1)
     out = np.zeros(n)
+    buf = np.empty((min(chunk, n), n), dtype=np.float32)
+    xt = np.ascontiguousarray(x.T)
     for s in range(0, n, chunk):
         xb = x[s : s + chunk]
-        d2 = sq[s : s + chunk, None] + sq[None, :] - 2.0 * (xb @ x.T)
-        np.maximum(d2, 0.0, out=d2)
-        d = np.sqrt(d2, out=d2)
+        d = buf[: len(xb)]
+        np.matmul(xb, xt, out=d)  # squared distances, built in place: |a|^2 + |b|^2 - 2ab
+        d *= -2.0
+        d += sq[s : s + chunk, None]
+        d += sq[None, :]
+        np.maximum(d, 0.0, out=d)
+        np.sqrt(d, out=d)
         d[np.arange(len(xb)), np.arange(s, s + len(xb))] = 0.0  # a row is at distance 0 from itself
         sums = (d @ onehot).astype(np.float64)  # (rows, clusters): summed distances to each cluster
         own = lab[s : s + len(xb)]
