@@ -69,6 +69,7 @@ import numpy as np
 import polars as pl
 
 from purify_assets.core.clustering import CHUNK  # rows per block of the passes over signatures and vectors
+from purify_assets.core.list_cache import is_row_source
 
 DEDUP_SCHEMA = {
     "set_id": pl.String,
@@ -1250,7 +1251,7 @@ def _check_hybrid_inputs(vectors: Any, signatures: np.ndarray, n: int,
                          weight_cosine: float) -> tuple[Any, np.ndarray]:
     """``vectors``: an array, or rows gathered when indexed (``list_cache.CachedRows``: the search
     only reads its candidates' vectors; NaN there scores no link instead of raising)."""
-    if not hasattr(vectors, "materialize"):
+    if not is_row_source(vectors):
         x = _check_vectors(vectors, n)
     elif len(vectors) != n:
         raise ValueError(f"vectors must have shape ({n}, dim), got {vectors.shape}")
@@ -1287,7 +1288,7 @@ def _hybrid_pairs(x: np.ndarray, sig: np.ndarray, threshold: float, weight_cosin
         keep = (cos >= candidate_cosine) | (jac >= candidate_jaccard)
     else:
         if not isinstance(x, np.ndarray):  # a range search reads every vector
-            x = x.materialize()
+            x = x[:]
         ci, cj, _ = semantic_pairs(x, candidate_cosine, new, method=method)
         ni, nj, _ = near_pairs(sig, candidate_jaccard, sig.shape[1], new)
         i = np.concatenate([ci, ni]).astype(np.int64)

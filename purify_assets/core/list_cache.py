@@ -331,6 +331,13 @@ class ListCache:
             self._write_manifest(manifest)
 
 
+def is_row_source(x: Any) -> bool:
+    """True for rows handed out on indexing rather than held as an array: ``CachedRows``, or any
+    object with its ``shape``, ``dtype``, ``ndim`` and indexing by slice or index array. The stages'
+    number crunching (metrics, dedup's hybrid search) takes either."""
+    return not isinstance(x, np.ndarray) and all(hasattr(x, a) for a in ("shape", "dtype", "ndim", "__getitem__"))
+
+
 class CachedRows:
     """Rows of a list column left in the cache files (memory-mapped) until asked for: ``rows[idx]``
     (an index array or a slice) gathers them into a new array; a row with no list reads as zeros.

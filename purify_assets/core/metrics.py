@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from purify_assets.core.clustering import CHUNK, label_means, nearest_centers, sample_indices
+from purify_assets.core.list_cache import is_row_source
 
 NAN = float("nan")
 
@@ -43,7 +44,7 @@ def _prep(vectors: Any, labels: np.ndarray) -> tuple[Any, np.ndarray]:
     that gathers rows when indexed (``list_cache.CachedRows``: float32 rows left in the cache files)
     is kept as it is: every function here reads rows in chunks or by index, so a stage can measure
     a large matrix without holding it."""
-    x = vectors if _is_row_source(vectors) else np.asarray(vectors)
+    x = vectors if is_row_source(vectors) else np.asarray(vectors)
     if x.ndim != 2:
         raise ValueError(f"vectors must be a 2-D array, got shape {x.shape}")
     if isinstance(x, np.ndarray):
@@ -58,12 +59,6 @@ def _prep(vectors: Any, labels: np.ndarray) -> tuple[Any, np.ndarray]:
     if lab.size and lab.min() < -1:
         raise ValueError(f"labels must be >= -1 (-1 = noise), found {int(lab.min())}")
     return x, lab.astype(np.int64)
-
-
-def _is_row_source(x: Any) -> bool:
-    """True for an object that is not an array but hands out rows as one: ``shape``, ``dtype`` and
-    indexing by slice or index array (``list_cache.CachedRows``)."""
-    return not isinstance(x, np.ndarray) and all(hasattr(x, a) for a in ("shape", "dtype", "ndim", "__getitem__"))
 
 
 def _dense(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

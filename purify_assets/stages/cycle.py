@@ -895,7 +895,7 @@ def measure_clusters(con: duckdb.DuckDBPyConnection, measure_params: dict[str, A
     sweep = sweep_ks(measure_params.get("k_sweep", "auto"), int(glob.get("n_clusters") or 0), len(data))
     sweep_state = None
     if sweep:
-        from purify_assets.core.clustering import best_k, k_sweep
+        from purify_assets.core.clustering import best_k, k_sweep, sample_indices
         from purify_assets.core.plots import line_chart_png
 
         settings = _sweep_settings(measure_params, sample)
@@ -916,8 +916,6 @@ def measure_clusters(con: duckdb.DuckDBPyConnection, measure_params: dict[str, A
                 threads = measure_params.get("sweep_threads", 1)  # speed only: one thread does not spin on busy cores
                 matrix = vectors
                 if not isinstance(vectors, np.ndarray):  # only the rows the sweep samples (k_sweep draws the same)
-                    from purify_assets.core.clustering import sample_indices
-
                     matrix = vectors[sample_indices(len(vectors), settings["sweep_sample"], settings["seed"])]
                 computed = k_sweep(matrix, todo, seed=settings["seed"], sample_size=settings["sweep_sample"],
                                    silhouette_sample=settings["silhouette_sample"], n_runs=settings["stability_runs"],
