@@ -14,7 +14,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import duckdb
 import numpy as np
@@ -244,6 +244,55 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
         run(con, "COMMIT")
 
 
+@contextlib.contextmanager
+def background_write(con: duckdb.DuckDBPyConnection, write: Callable[[duckdb.DuckDBPyConnection], Any],
+                     timings: dict[str, float] | None = None, name: str = "store") -> Iterator[Callable[[], Any]]:
+    """Run ``write(cursor)`` in one transaction on a cursor of ``con`` (its own connection to the same
+    database) in a thread, while the body does other work (files, plots): DuckDB releases the GIL
+    while it writes and commits, so the two share the cores. Yields ``wait()``, which blocks until
+    the write is committed and returns its result or raises its error; the body calls it before it
+    publishes anything that must follow the write. Leaving the block always waits for the write
+    (a failed body does not leave a transaction running); the write's seconds go to ``timings[name]``."""
+    import threading
+
+    cursor = con.cursor()
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        started = time.perf_counter()
+        try:
+            with transaction(cursor):
+                outcome["value"] = write(cursor)
+        except BaseException as exc:  # handed to the waiting thread
+            outcome["error"] = exc
+        finally:
+            if timings is not None:
+                timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - started, 4)
+
+    thread = threading.Thread(target=work, name=f"purify-{name}", daemon=True)
+    thread.start()
+
+    def wait() -> Any:
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("value")
+
+    try:
+        yield wait
+    finally:
+        thread.join()
+        cursor.close()
+
+
+def unregister(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Drop a frame registered on ``con``. In a transaction a failed statement aborted, DuckDB refuses
+    even this; the caller's ``transaction`` rolls back, and the statement's own error is the one
+    that must reach the user, not this refusal."""
+    with contextlib.suppress(duckdb.TransactionException):
+        con.unregister(name)
+
+
 def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame | Any) -> int:
     """Insert a polars/arrow frame by column name; returns the number of rows inserted."""
     if table not in TABLE_DDL:
@@ -257,7 +306,7 @@ def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame
         cols = ", ".join(f'"{c}"' for c in columns)
         run(con, f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _purify_insert")
     finally:
-        con.unregister("_purify_insert")
+        unregister(con, "_purify_insert")
     return n
 
 

@@ -369,7 +369,7 @@ def _store_fit_state(con: duckdb.DuckDBPyConnection, stage: str, state: pl.DataF
                     "(SELECT 1 FROM fit_state f WHERE f.stage = ? AND f.row_id = s.row_id AND f.text_hash = s.text_hash)",
                [stage])
     finally:
-        con.unregister("_state")
+        wh.unregister(con, "_state")
 
 
 def _fit_drift(con: duckdb.DuckDBPyConnection, stage: str, label: str, data: pl.DataFrame, config: str,
@@ -749,7 +749,6 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
     # at 11k rows a PNG takes ~0.1 s and an HTML ~0.1 s to build here, so the plots' own caps stand
     png_points = int(project_params.get("plot_points", 50000))
     html_points = int(project_params.get("plot_points_3d", 20000))
-    hover = _hover_texts(con, data["row_id"], drawn_points(n, html_points), 120) if any(d == 3 for _, d in combos) else None
     for method, dims in combos:
         c = coords[(method, dims)]
         frames.append(pl.DataFrame({
@@ -759,16 +758,6 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
             "z": c[:, 2] if dims == 3 else pl.Series([None] * n, dtype=pl.Float32),
             "cluster": pl.Series(labels.astype(np.int32)),
         }))
-        with report.timed("plots"):
-            if dims == 2:
-                png = scatter_png(c, labels, f"cycle {cycle}: {method.upper()} 2-D, {n:,} rows{note}", max_points=png_points)
-                report.images[f"{method}_2d"] = png
-                (plots_dir / f"cycle{cycle}_{method}_2d.png").write_bytes(png)
-            else:
-                html = scatter_3d_html(c, labels, hover, f"cycle {cycle}: {method.upper()} 3-D{note}", max_points=html_points)
-                path = plots_dir / f"cycle{cycle}_{method}_3d.html"
-                path.write_text(html, "utf-8")
-                report.files[f"{method}_3d_html"] = str(path)
     if plan["reuse"]:
         known_since = plan["known"].select("row_id", "since_fit")
         since = ids.join(known_since, on="row_id", how="left", maintain_order="left")["since_fit"].fill_null(True)
@@ -780,11 +769,29 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
                           "fit_cycle": pl.Series([fit_cycle] * n, dtype=pl.Int32),
                           "rows_at_fit": pl.Series([rows_at_fit] * n, dtype=pl.Int64),
                           "row_id": data["row_id"], "text_hash": data["text_hash"], "since_fit": since})
-    with report.timed("store"), wh.transaction(con):
-        wh.replace_table(con, "projections", pl.concat(frames) if frames else None)
-        _store_fit_state(con, "projections", state, plan["reuse"])
+
+    def store(cur: duckdb.DuckDBPyConnection) -> None:
+        wh.replace_table(cur, "projections", pl.concat(frames) if frames else None)
+        _store_fit_state(cur, "projections", state, plan["reuse"])
         if not plan["reuse"]:
-            wh.replace_table(con, "projection_fit", pl.concat(fit_frames) if fit_frames else None)
+            wh.replace_table(cur, "projection_fit", pl.concat(fit_frames) if fit_frames else None)
+
+    # the coordinates are stored (and committed) in a thread while the plots are drawn
+    with wh.background_write(con, store, report.timings) as stored:
+        hover = _hover_texts(con, data["row_id"], drawn_points(n, html_points), 120) if any(d == 3 for _, d in combos) else None
+        for method, dims in combos:
+            c = coords[(method, dims)]
+            with report.timed("plots"):
+                if dims == 2:
+                    png = scatter_png(c, labels, f"cycle {cycle}: {method.upper()} 2-D, {n:,} rows{note}", max_points=png_points)
+                    report.images[f"{method}_2d"] = png
+                    (plots_dir / f"cycle{cycle}_{method}_2d.png").write_bytes(png)
+                else:
+                    html = scatter_3d_html(c, labels, hover, f"cycle {cycle}: {method.upper()} 3-D{note}", max_points=html_points)
+                    path = plots_dir / f"cycle{cycle}_{method}_3d.html"
+                    path.write_text(html, "utf-8")
+                    report.files[f"{method}_3d_html"] = str(path)
+        stored()
     report.counts.update(cycle=cycle, rows=n, projections=len(frames), fit_cycle=fit_cycle, rows_at_fit=rows_at_fit)
     report.values.update(mode="reused" if plan["reuse"] else "refit", refit_reason="" if plan["reuse"] else plan["reason"],
                          reuse_reason=plan["reason"] if plan["reuse"] else "", config_hash=config)
@@ -1382,6 +1389,21 @@ def _safe_name(text: str) -> str:
     return slug[:60] or "cluster"
 
 
+def _write_exports(out: pl.DataFrame, folder: Path) -> None:
+    """JSONL and Parquet per cluster plus ``purified_all.jsonl`` into ``folder``, two files at a time
+    (polars writes without the GIL: on 95k NSMC rows 0.34-0.42 s instead of 0.47-0.88 s in a row)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2, thread_name_prefix="purify-export") as pool:
+        pending = [pool.submit(out.write_ndjson, folder / "purified_all.jsonl")]
+        for (cluster, name), part in out.group_by(["cluster", "cluster_name"], maintain_order=True):
+            stem = f"cluster_{int(cluster):03d}_{_safe_name(str(name or 'unnamed'))}"
+            pending.append(pool.submit(part.write_ndjson, folder / f"{stem}.jsonl"))
+            pending.append(pool.submit(part.write_parquet, folder / f"{stem}.parquet"))
+        for job in pending:
+            job.result()
+
+
 @releases_memory
 def publish_dataset(con: duckdb.DuckDBPyConnection, exports_dir: Path, plots_dir: Path, log: Log = _no_log) -> StageReport:
     """The purified rows of the latest reviewed cycle, exported per cluster, with a dataset card."""
@@ -1403,31 +1425,33 @@ def publish_dataset(con: duckdb.DuckDBPyConnection, exports_dir: Path, plots_dir
     dropped = rows.filter(pl.col("verdict") == "drop")
     kept = rows.filter((pl.col("verdict") != "drop") | pl.col("verdict").is_null())
     out = kept.drop("verdict")
-    with report.timed("store"), wh.transaction(con):
-        wh.replace_table(con, "purified_dataset", out)
     folder = exports_dir / f"cycle_{cycle:03d}"
     # write a sibling folder, then swap it in: a run killed mid-export leaves the previous export whole
     staging = exports_dir / f".{folder.name}.partial"
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    with report.timed("export"):
-        for (cluster, name), part in out.group_by(["cluster", "cluster_name"], maintain_order=True):
-            stem = f"cluster_{int(cluster):03d}_{_safe_name(str(name or 'unnamed'))}"
-            part.write_ndjson(staging / f"{stem}.jsonl")
-            part.write_parquet(staging / f"{stem}.parquet")
-        out.write_ndjson(staging / "purified_all.jsonl")
-        card = dataset_card(con, cycle, out, dropped, plots_dir)
-        (staging / "DATASET_CARD.md").write_text(card, "utf-8")
-        if folder.exists():
-            retired = exports_dir / f".{folder.name}.old"
-            if retired.exists():
-                shutil.rmtree(retired)
-            os.replace(folder, retired)
-            os.replace(staging, folder)
+    # the table is written (and committed) in a thread while the files are written here: both mostly
+    # wait on I/O and native code, and the export is swapped in only once the table is stored
+    with wh.background_write(con, lambda cur: wh.replace_table(cur, "purified_dataset", out), report.timings) as stored:
+        with report.timed("export"):
+            _write_exports(out, staging)
+            card = dataset_card(con, cycle, out, dropped, plots_dir)
+            (staging / "DATASET_CARD.md").write_text(card, "utf-8")
+        try:
+            stored()
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    if folder.exists():
+        retired = exports_dir / f".{folder.name}.old"
+        if retired.exists():
             shutil.rmtree(retired)
-        else:
-            os.replace(staging, folder)
+        os.replace(folder, retired)
+        os.replace(staging, folder)
+        shutil.rmtree(retired)
+    else:
+        os.replace(staging, folder)
     latest = exports_dir / "latest"
     if latest.is_dir() and not latest.is_symlink():
         # not the link purify keeps (a copy made without links, or the user's own folder): left alone

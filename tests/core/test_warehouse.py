@@ -234,3 +234,29 @@ def test_arrow_numpy_and_fill_matrix_read_sliced_arrays():
     assert np.flatnonzero(filled).tolist() == [20, 22, 24, 26, 28]
     np.testing.assert_array_equal(out[filled], [[i, -i] for i in (20, 22, 24, 26, 28)])
     assert not out[~filled].any()
+
+
+def test_background_write_commits_beside_the_body_and_reports_its_errors(tmp_path):
+    frame = pl.DataFrame({"batch_id": ["b1"] * 3, "source_file": ["f"] * 3, "line_no": [1, 2, 3],
+                          "error": ["e"] * 3, "raw": ["x", "y", "z"]})
+    with wh.connect(tmp_path / "w.duckdb") as con:
+        timings: dict[str, float] = {}
+        with wh.background_write(con, lambda cur: wh.replace_batch(cur, "quarantine", "b1", frame), timings) as stored:
+            seen_by_body = wh.scalar(con, "SELECT count(*) FROM quarantine")  # the body reads on its own connection
+            assert stored() == 3
+        assert seen_by_body in (0, 3) and wh.table_counts(con)["quarantine"] == 3 and timings["store"] >= 0
+
+        def half_then_fail(cur):
+            wh.replace_batch(cur, "quarantine", "b1", frame.head(1))
+            raise ValueError("disk full")
+
+        with pytest.raises(ValueError, match="disk full"):
+            with wh.background_write(con, half_then_fail) as stored:
+                stored()
+        assert wh.table_counts(con)["quarantine"] == 3  # rolled back whole
+
+        # a failing body still waits for the write to finish (and commit) before the error leaves the block
+        with pytest.raises(KeyError):
+            with wh.background_write(con, lambda cur: wh.replace_batch(cur, "quarantine", "b1", frame.head(2))):
+                raise KeyError("body failed")
+        assert wh.table_counts(con)["quarantine"] == 2

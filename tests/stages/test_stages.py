@@ -280,6 +280,16 @@ def test_a_cycle_publishes_exports_and_a_card(home):
         again = publish_dataset(con, home / "exports", home / "plots")
         assert again.values["latest_link"].startswith("not updated:") and "is a directory" in again.values["latest_link"]
         assert (latest / "mine.txt").read_text("utf-8") == "kept" and (folder / "DATASET_CARD.md").exists()
+        # the table is written beside the files: when it cannot be stored, the previous export stays
+        # whole and no half-written folder is left
+        before = sorted(p.name for p in folder.iterdir())
+        wh.run(con, "ALTER TABLE purified_dataset ADD COLUMN must_be_set VARCHAR NOT NULL DEFAULT 'x'")
+        wh.run(con, "ALTER TABLE purified_dataset ALTER COLUMN must_be_set DROP DEFAULT")
+        with pytest.raises(Exception, match="NOT NULL"):  # the statement's own error, not a follow-on one
+            publish_dataset(con, home / "exports", home / "plots")
+        assert sorted(p.name for p in folder.iterdir()) == before
+        assert not list((home / "exports").glob(".cycle_*"))
+        assert wh.scalar(con, "SELECT count(*) FROM purified_dataset") == published.counts["rows_published"]
 
 
 def test_openai_embeddings_and_reviews_through_the_stages(home, monkeypatch):
