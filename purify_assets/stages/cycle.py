@@ -749,6 +749,7 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
     # at 11k rows a PNG takes ~0.1 s and an HTML ~0.1 s to build here, so the plots' own caps stand
     png_points = int(project_params.get("plot_points", 50000))
     html_points = int(project_params.get("plot_points_3d", 20000))
+    hover = _hover_texts(con, data["row_id"], drawn_points(n, html_points), 120) if any(d == 3 for _, d in combos) else None
     for method, dims in combos:
         c = coords[(method, dims)]
         frames.append(pl.DataFrame({
@@ -758,6 +759,16 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
             "z": c[:, 2] if dims == 3 else pl.Series([None] * n, dtype=pl.Float32),
             "cluster": pl.Series(labels.astype(np.int32)),
         }))
+        with report.timed("plots"):
+            if dims == 2:
+                png = scatter_png(c, labels, f"cycle {cycle}: {method.upper()} 2-D, {n:,} rows{note}", max_points=png_points)
+                report.images[f"{method}_2d"] = png
+                (plots_dir / f"cycle{cycle}_{method}_2d.png").write_bytes(png)
+            else:
+                html = scatter_3d_html(c, labels, hover, f"cycle {cycle}: {method.upper()} 3-D{note}", max_points=html_points)
+                path = plots_dir / f"cycle{cycle}_{method}_3d.html"
+                path.write_text(html, "utf-8")
+                report.files[f"{method}_3d_html"] = str(path)
     if plan["reuse"]:
         known_since = plan["known"].select("row_id", "since_fit")
         since = ids.join(known_since, on="row_id", how="left", maintain_order="left")["since_fit"].fill_null(True)
@@ -769,29 +780,11 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
                           "fit_cycle": pl.Series([fit_cycle] * n, dtype=pl.Int32),
                           "rows_at_fit": pl.Series([rows_at_fit] * n, dtype=pl.Int64),
                           "row_id": data["row_id"], "text_hash": data["text_hash"], "since_fit": since})
-
-    def store(cur: duckdb.DuckDBPyConnection) -> None:
-        wh.replace_table(cur, "projections", pl.concat(frames) if frames else None)
-        _store_fit_state(cur, "projections", state, plan["reuse"])
+    with report.timed("store"), wh.transaction(con):
+        wh.replace_table(con, "projections", pl.concat(frames) if frames else None)
+        _store_fit_state(con, "projections", state, plan["reuse"])
         if not plan["reuse"]:
-            wh.replace_table(cur, "projection_fit", pl.concat(fit_frames) if fit_frames else None)
-
-    # the coordinates are stored (and committed) in a thread while the plots are drawn
-    with wh.background_write(con, store, report.timings) as stored:
-        hover = _hover_texts(con, data["row_id"], drawn_points(n, html_points), 120) if any(d == 3 for _, d in combos) else None
-        for method, dims in combos:
-            c = coords[(method, dims)]
-            with report.timed("plots"):
-                if dims == 2:
-                    png = scatter_png(c, labels, f"cycle {cycle}: {method.upper()} 2-D, {n:,} rows{note}", max_points=png_points)
-                    report.images[f"{method}_2d"] = png
-                    (plots_dir / f"cycle{cycle}_{method}_2d.png").write_bytes(png)
-                else:
-                    html = scatter_3d_html(c, labels, hover, f"cycle {cycle}: {method.upper()} 3-D{note}", max_points=html_points)
-                    path = plots_dir / f"cycle{cycle}_{method}_3d.html"
-                    path.write_text(html, "utf-8")
-                    report.files[f"{method}_3d_html"] = str(path)
-        stored()
+            wh.replace_table(con, "projection_fit", pl.concat(fit_frames) if fit_frames else None)
     report.counts.update(cycle=cycle, rows=n, projections=len(frames), fit_cycle=fit_cycle, rows_at_fit=rows_at_fit)
     report.values.update(mode="reused" if plan["reuse"] else "refit", refit_reason="" if plan["reuse"] else plan["reason"],
                          reuse_reason=plan["reason"] if plan["reuse"] else "", config_hash=config)
