@@ -64,11 +64,13 @@ def one_run(n: int, new: int, batches: int, embedder: Any, methods: list[str] | 
                 C.run_batch(ws, con, f, embedder, full)
             C.run_cycle(ws, con, embedder.model_id, full)
             full_s = time.perf_counter() - t0
+            chars_before = text_volume(con)  # outside the timed runs
             t0 = time.perf_counter()
             C.run_batch(ws, con, new_file, embedder, incr)
             C.run_cycle(ws, con, embedder.model_id, incr)
             incr_s = time.perf_counter() - t0
             reuse = reuse_on_rerun(con)
+            chars_after = text_volume(con)
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
@@ -81,7 +83,16 @@ def one_run(n: int, new: int, batches: int, embedder: Any, methods: list[str] | 
     return {"full_seconds": full_s, "incremental_seconds": incr_s, "fraction": incr_s / full_s,
             "full_stages": per_stage(full), "incremental_stages": per_stage(incr),
             "full_detail": {t.stage: t.detail for t in full},
-            "incremental_detail": {t.stage: t.detail for t in incr}, "reuse": reuse}
+            "incremental_detail": {t.stage: t.detail for t in incr}, "reuse": reuse,
+            "new_text_share": (chars_after - chars_before) / chars_before if chars_before else None}
+
+
+def text_volume(con: Any) -> int:
+    """Characters of every kept row's embedded text: the encoder's work is linear in them, so the
+    new batch's share of them is the share of the full run's embedding it costs."""
+    from purify_assets.core import warehouse as wh
+
+    return int(wh.scalar(con, "SELECT coalesce(sum(length(text)), 0) FROM clean_rows") or 0)
 
 
 def reuse_on_rerun(con: Any) -> dict[str, Any]:
@@ -146,6 +157,14 @@ def markdown(res: dict[str, Any]) -> str:
         share = f"{b / res['incremental_seconds']['median']:.0%}" if b is not None else None
         rows.append({"stage": stage, "full run s": a, "incremental s": b, "share of incremental": share})
     lines += [C.md_table(rows), "", f"Dominant stage of the incremental run: **{res['dominant_stage']}**.", ""]
+    sp = res.get("split") or {}
+    if sp.get("batch_stages_fraction") is not None:
+        text = (f" The new rows hold {sp['new_text_share']:.1%} of the kept rows' text before them (the encoder's "
+                "work is linear in it)." if sp.get("new_text_share") is not None else "")
+        lines += [f"Batch stages (ingest, clean, embed): {C.fmt(sp['incremental_batch_stages_s'])} s of the full run's "
+                  f"{C.fmt(sp['full_batch_stages_s'])} s ({sp['batch_stages_fraction']:.1%}).{text} Cycle: "
+                  f"{C.fmt(sp['incremental_cycle_s'])} s of {C.fmt(sp['full_cycle_s'])} s; the target leaves the "
+                  f"re-run's cycle {C.fmt(sp['cycle_budget_s'])} s.", ""]
     if res.get("dedup_mode"):
         lines.append(f"Dedup mode on the re-run: {res['dedup_mode']}.")
     if len(res.get("per_run") or []) > 1:
@@ -225,6 +244,18 @@ def main(argv: list[str] | None = None) -> int:
     res["full_stages"] = {s: round(C.median([r["full_stages"][s] for r in runs]), 3) for s in stages}
     res["incremental_stages"] = {s: round(C.median([r["incremental_stages"][s] for r in runs]), 3)
                                  for s in runs[0]["incremental_stages"]}
+    batch = [s for s in C.BATCH_STAGES if s in res["full_stages"]]
+    full_batch, incr_batch = (sum(res[k][s] for s in batch) for k in ("full_stages", "incremental_stages"))
+    shares = [r["new_text_share"] for r in runs if r.get("new_text_share") is not None]
+    res["split"] = {
+        "new_text_share": round(C.median(shares), 4) if shares else None,
+        "full_batch_stages_s": round(full_batch, 3), "incremental_batch_stages_s": round(incr_batch, 3),
+        "batch_stages_fraction": round(incr_batch / full_batch, 4) if full_batch else None,
+        "full_cycle_s": round(sum(res["full_stages"].values()) - full_batch, 3),
+        "incremental_cycle_s": round(sum(res["incremental_stages"].values()) - incr_batch, 3),
+        # what the target leaves the re-run's cycle once its batch stages are paid
+        "cycle_budget_s": round(0.10 * res["full_seconds"]["median"] - incr_batch, 3),
+    }
     res["dominant_stage"] = max(res["incremental_stages"], key=res["incremental_stages"].get)
     res["target"] = {"max_fraction": 0.10, "met": res["fraction"]["median"] <= 0.10}
     res["dedup_mode"] = runs[-1]["incremental_detail"].get("dedup", {}).get("mode")
