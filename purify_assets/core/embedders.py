@@ -565,9 +565,9 @@ def load_use_model(threads: int, cache_dir: Path | None = None) -> Any:
     if state is None:
         return model
     state["probe"] = probe
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # workers may write at once: rename is atomic
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # workers may write at once: rename is atomic
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
             pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, path)

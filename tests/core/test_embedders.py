@@ -292,6 +292,14 @@ def test_use_load_cache_gives_the_package_vectors_and_survives_a_damaged_file(tm
     with caplog.at_level("WARNING"):
         E.load_use_model(1, tmp_path)
     assert "writable by nobody else" in caplog.text
+    # a cache folder that cannot be made is reported, and the encoder still works
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        unwritable = E.load_use_model(1, blocker / "use")
+    assert "could not write the load cache" in caplog.text
+    np.testing.assert_allclose(E.l2_normalize(np.asarray(unwritable.encode(texts), dtype=np.float32)), reference, atol=1e-5)
     np.testing.assert_allclose(E.l2_normalize(np.asarray(fourth.encode(texts), dtype=np.float32)), reference, atol=1e-5)
 
 
