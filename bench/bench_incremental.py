@@ -232,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  full {r['full_seconds']:.1f}s, incremental {r['incremental_seconds']:.1f}s ({r['fraction']:.1%}); "
                   f"re-run: {r['reuse']}", flush=True)
             runs.append(r)
+    if hasattr(embedder, "close"):
+        # stop the encoder's worker processes now: left to interpreter exit, CPython's executor
+        # shutdown can race its own wake-up pipe and print "Exception ignored ... Bad file descriptor"
+        embedder.close()
     res = C.header("bench_incremental", ["bench_incremental"] + list(argv if argv is not None else sys.argv[1:]))
     res["settings"] = {"rows": args.rows, "new_rows": new, "batches": args.batches, "embedder": args.embedder,
                        "project_methods": methods or "defaults (pca, umap)", "runs": args.runs,
