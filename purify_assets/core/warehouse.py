@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -253,8 +254,6 @@ def background_write(con: duckdb.DuckDBPyConnection, write: Callable[[duckdb.Duc
     the write is committed and returns its result or raises its error; the body calls it before it
     publishes anything that must follow the write. Leaving the block always waits for the write
     (a failed body does not leave a transaction running); the write's seconds go to ``timings[name]``."""
-    import threading
-
     cursor = con.cursor()
     outcome: dict[str, Any] = {}
 

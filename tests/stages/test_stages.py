@@ -271,6 +271,15 @@ def test_a_cycle_publishes_exports_and_a_card(home):
         folder = home / "exports" / "cycle_001"
         assert len(list(folder.glob("cluster_*.parquet"))) == published.counts["clusters_published"]
         assert "Row accounting" in (folder / "DATASET_CARD.md").read_text("utf-8")
+        # the files written side by side hold every published row once: the file of all rows, and the
+        # clusters' files together; each cluster's Parquet holds its JSONL's rows
+        every = [json.loads(line) for line in (folder / "purified_all.jsonl").read_text("utf-8").splitlines()]
+        assert len(every) == published.counts["rows_published"]
+        per_cluster = sorted(folder.glob("cluster_*.jsonl"))
+        parts = [json.loads(line) for f in per_cluster for line in f.read_text("utf-8").splitlines()]
+        assert sorted(r["row_id"] for r in parts) == sorted(r["row_id"] for r in every)
+        assert pl.read_parquet(per_cluster[0].with_suffix(".parquet")).to_dicts() == \
+            [json.loads(line) for line in per_cluster[0].read_text("utf-8").splitlines()]
         latest = home / "exports" / "latest"
         assert latest.is_symlink() and latest.resolve() == folder.resolve()
         # a home copied without links holds a real "latest" folder: publishing goes on and leaves it alone
