@@ -695,7 +695,7 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
                     if key not in searched:
                         searched[key] = knn_neighbours(x_fit, x_new, knn=knn)
                     neighbours = searched[key]
-                placed = place(x_fit, y_fit, x_new, method, dims, seed=seed, knn=knn, neighbours=neighbours) \
+                placed = place(x_fit, y_fit, x_new, method, dims, knn=knn, neighbours=neighbours) \
                     if len(new_rows) else np.zeros((0, dims), dtype=np.float32)
                 fresh = pl.DataFrame({"row_id": new_rows["row_id"], "x": placed[:, 0], "y": placed[:, 1],
                                       "z": placed[:, 2] if dims == 3 else pl.Series([None] * len(new_rows), dtype=pl.Float32)},
@@ -741,34 +741,13 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
                 "x": c[idx, 0], "y": c[idx, 1],
                 "z": c[idx, 2] if dims == 3 else pl.Series([None] * len(idx), dtype=pl.Float32)}))
         report.counts.update(rows_reused=0, rows_placed=0, rows_refit=n)
-    frames = []
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    note = (f"; map fitted in cycle {plan['fit_cycle']}, {report.counts['rows_placed'] + plan.get('rows_placed_before', 0):,} "
-            "rows placed onto it since" if plan["reuse"] else "")
-    # plots draw a seeded sample above these sizes and say so in their titles ("showing m of n points");
-    # at 11k rows a PNG takes ~0.1 s and an HTML ~0.1 s to build here, so the plots' own caps stand
-    png_points = int(project_params.get("plot_points", 50000))
-    html_points = int(project_params.get("plot_points_3d", 20000))
-    hover = _hover_texts(con, data["row_id"], drawn_points(n, html_points), 120) if any(d == 3 for _, d in combos) else None
-    for method, dims in combos:
-        c = coords[(method, dims)]
-        frames.append(pl.DataFrame({
-            "cycle": pl.Series([cycle] * n, dtype=pl.Int32), "row_id": data["row_id"],
-            "method": [method] * n, "dims": pl.Series([dims] * n, dtype=pl.Int32),
-            "x": c[:, 0], "y": c[:, 1],
-            "z": c[:, 2] if dims == 3 else pl.Series([None] * n, dtype=pl.Float32),
-            "cluster": pl.Series(labels.astype(np.int32)),
-        }))
-        with report.timed("plots"):
-            if dims == 2:
-                png = scatter_png(c, labels, f"cycle {cycle}: {method.upper()} 2-D, {n:,} rows{note}", max_points=png_points)
-                report.images[f"{method}_2d"] = png
-                (plots_dir / f"cycle{cycle}_{method}_2d.png").write_bytes(png)
-            else:
-                html = scatter_3d_html(c, labels, hover, f"cycle {cycle}: {method.upper()} 3-D{note}", max_points=html_points)
-                path = plots_dir / f"cycle{cycle}_{method}_3d.html"
-                path.write_text(html, "utf-8")
-                report.files[f"{method}_3d_html"] = str(path)
+    frames = [pl.DataFrame({
+        "cycle": pl.Series([cycle] * n, dtype=pl.Int32), "row_id": data["row_id"],
+        "method": [method] * n, "dims": pl.Series([dims] * n, dtype=pl.Int32),
+        "x": coords[(method, dims)][:, 0], "y": coords[(method, dims)][:, 1],
+        "z": coords[(method, dims)][:, 2] if dims == 3 else pl.Series([None] * n, dtype=pl.Float32),
+        "cluster": pl.Series(labels.astype(np.int32)),
+    }) for method, dims in combos]
     if plan["reuse"]:
         known_since = plan["known"].select("row_id", "since_fit")
         since = ids.join(known_since, on="row_id", how="left", maintain_order="left")["since_fit"].fill_null(True)
@@ -780,11 +759,37 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
                           "fit_cycle": pl.Series([fit_cycle] * n, dtype=pl.Int32),
                           "rows_at_fit": pl.Series([rows_at_fit] * n, dtype=pl.Int64),
                           "row_id": data["row_id"], "text_hash": data["text_hash"], "since_fit": since})
-    with report.timed("store"), wh.transaction(con):
-        wh.replace_table(con, "projections", pl.concat(frames) if frames else None)
-        _store_fit_state(con, "projections", state, plan["reuse"])
+
+    def store(cur: duckdb.DuckDBPyConnection) -> None:
+        wh.replace_table(cur, "projections", pl.concat(frames) if frames else None)
+        _store_fit_state(cur, "projections", state, plan["reuse"])
         if not plan["reuse"]:
-            wh.replace_table(con, "projection_fit", pl.concat(fit_frames) if fit_frames else None)
+            wh.replace_table(cur, "projection_fit", pl.concat(fit_frames) if fit_frames else None)
+
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    note = (f"; map fitted in cycle {plan['fit_cycle']}, {report.counts['rows_placed'] + plan.get('rows_placed_before', 0):,} "
+            "rows placed onto it since" if plan["reuse"] else "")
+    # plots draw a seeded sample above these sizes and say so in their titles ("showing m of n points");
+    # at 11k rows a PNG takes ~0.1 s and an HTML ~0.1 s to build here, so the plots' own caps stand
+    png_points = int(project_params.get("plot_points", 50000))
+    html_points = int(project_params.get("plot_points_3d", 20000))
+    hover = _hover_texts(con, data["row_id"], drawn_points(n, html_points), 120) if any(d == 3 for _, d in combos) else None
+    # the table is written (and committed) in a thread while the plots are drawn here: DuckDB writes
+    # without the GIL, matplotlib and plotly hold it (at 110k rows 0.45 s of store beside 0.75 s of plots)
+    with wh.background_write(con, store, report.timings) as stored:
+        with report.timed("plots"):
+            for method, dims in combos:
+                c = coords[(method, dims)]
+                if dims == 2:
+                    png = scatter_png(c, labels, f"cycle {cycle}: {method.upper()} 2-D, {n:,} rows{note}", max_points=png_points)
+                    report.images[f"{method}_2d"] = png
+                    (plots_dir / f"cycle{cycle}_{method}_2d.png").write_bytes(png)
+                else:
+                    html = scatter_3d_html(c, labels, hover, f"cycle {cycle}: {method.upper()} 3-D{note}", max_points=html_points)
+                    path = plots_dir / f"cycle{cycle}_{method}_3d.html"
+                    path.write_text(html, "utf-8")
+                    report.files[f"{method}_3d_html"] = str(path)
+        stored()  # the write's error, if any, is the stage's
     report.counts.update(cycle=cycle, rows=n, projections=len(frames), fit_cycle=fit_cycle, rows_at_fit=rows_at_fit)
     report.values.update(mode="reused" if plan["reuse"] else "refit", refit_reason="" if plan["reuse"] else plan["reason"],
                          reuse_reason=plan["reason"] if plan["reuse"] else "", config_hash=config)
@@ -981,7 +986,8 @@ def measure_clusters(con: duckdb.DuckDBPyConnection, measure_params: dict[str, A
     if len(data) >= 3:
         with report.timed("plot"):
             # a picture, not a measurement: at most 20,000 points drawn, and only they are projected
-            # (PCA fitted on 3,000 of them)
+            # (PCA fitted on 3,000 of them). Drawn in a thread beside the figures above it was slower:
+            # both sides hold the GIL often enough that the stage took 1.65 s instead of 1.25 s
             drawn = drawn_points(len(labels), 20000)
             coords = project(vectors[drawn], "pca", 2, seed=0, fit_sample=3000)
             report.images["pca_2d"] = scatter_png(coords, labels[drawn], f"cycle {cycle}: clusters on PCA 2-D",
@@ -1383,18 +1389,27 @@ def _safe_name(text: str) -> str:
 
 
 def _write_exports(out: pl.DataFrame, folder: Path) -> None:
-    """JSONL and Parquet per cluster plus ``purified_all.jsonl`` into ``folder``, two files at a time
-    (polars writes without the GIL: on 95k NSMC rows 0.34-0.42 s instead of 0.47-0.88 s in a row)."""
+    """JSONL and Parquet per cluster into ``folder``, two files at a time (polars writes without the
+    GIL: on 95k NSMC rows 0.34-0.42 s instead of 0.47-0.88 s in a row), then ``purified_all.jsonl``:
+    the clusters' JSONL files one after the other, in cluster order, copied as bytes rather than
+    serialized a second time (rows are in row id order within each cluster)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    jsonl_files = []
     with ThreadPoolExecutor(2, thread_name_prefix="purify-export") as pool:
-        pending = [pool.submit(out.write_ndjson, folder / "purified_all.jsonl")]
-        for (cluster, name), part in out.group_by(["cluster", "cluster_name"], maintain_order=True):
+        pending = []
+        for (cluster, name), part in out.sort("cluster", maintain_order=True).group_by(
+                ["cluster", "cluster_name"], maintain_order=True):
             stem = f"cluster_{int(cluster):03d}_{_safe_name(str(name or 'unnamed'))}"
-            pending.append(pool.submit(part.write_ndjson, folder / f"{stem}.jsonl"))
+            jsonl_files.append(folder / f"{stem}.jsonl")
+            pending.append(pool.submit(part.write_ndjson, jsonl_files[-1]))
             pending.append(pool.submit(part.write_parquet, folder / f"{stem}.parquet"))
         for job in pending:
             job.result()
+    with open(folder / "purified_all.jsonl", "wb") as whole:
+        for path in jsonl_files:
+            with open(path, "rb") as part_file:
+                shutil.copyfileobj(part_file, whole, 1 << 20)
 
 
 @releases_memory

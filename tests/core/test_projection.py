@@ -166,6 +166,44 @@ def test_knn_place_lands_on_the_weighted_neighbours():
     assert knn_place(x_fit, y_fit, np.ones((4, 2), np.float32), knn=50).shape == (4, 2)
 
 
+def test_knn_neighbours_match_an_exact_search_and_put_duplicates_first():
+    """The BLAS search picks the same neighbours as scikit-learn's exact one, in the same order, and a
+    row equal to a fitted row gets it at distance 0 (weight ~1), not float32 cancellation noise."""
+    from sklearn.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(5)
+    x_fit = rng.standard_normal((700, 48)).astype(np.float32) * 3 + 10  # far from the origin: |a|^2 large
+    x_new = np.vstack([rng.standard_normal((300, 48)).astype(np.float32) * 3 + 10, x_fit[[4, 99, 650]]])
+    j, w = knn_neighbours(x_fit, x_new, knn=7)
+    dist, ref = NearestNeighbors(n_neighbors=7).fit(x_fit).kneighbors(x_new)
+    np.testing.assert_array_equal(j, ref)
+    expected = 1.0 / (dist + 1e-6)
+    np.testing.assert_allclose(w, expected / expected.sum(axis=1, keepdims=True), rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(j[-3:, 0], [4, 99, 650])
+    assert (w[-3:, 0] > 0.999).all()
+    # more neighbours asked than fitted rows: every fitted row, nearest first
+    j_all, _ = knn_neighbours(x_fit[:5], x_new[:3], knn=9)
+    assert j_all.shape == (3, 5) and all(sorted(r) == [0, 1, 2, 3, 4] for r in j_all.tolist())
+
+
+def test_pca_place_recovers_the_fitted_components():
+    """PCA coordinates of new rows from the fitted rows and their coordinates alone match a PCA
+    fitted on those rows, also for a fit with fewer rows than dimensions and a zero-padded axis."""
+    from sklearn.decomposition import PCA
+
+    from purify_assets.core.projection import pca_place
+
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((400, 32)) * np.linspace(5, 0.5, 32)).astype(np.float32)
+    model = PCA(n_components=3, random_state=0).fit(x[:300])
+    np.testing.assert_allclose(pca_place(x[:300], model.transform(x[:300]), x[300:]), model.transform(x[300:]), atol=1e-4)
+    tiny = PCA(n_components=2).fit(x[:2])  # 2 rows: one real component, the second is zero
+    y_tiny = np.hstack([tiny.transform(x[:2])[:, :1], np.zeros((2, 1))])
+    out = pca_place(x[:2], y_tiny, x[2:6])
+    np.testing.assert_allclose(out[:, 0], tiny.transform(x[2:6])[:, 0], atol=1e-4)
+    assert (out[:, 1] == 0).all()
+
+
 # ----------------------------------------------------------------- adding rows to an existing map
 
 
@@ -194,7 +232,7 @@ def test_place_reproduces_project_for_rows_outside_the_fit(data, tsne2):
         pca = project(x, "pca", d, seed=4, fit_sample=60)
         fit = fit_indices(len(x), "pca", fit_sample=60, seed=4)
         rest = np.setdiff1d(np.arange(len(x)), fit)
-        out = place(x[fit], pca[fit], x[rest], "pca", d, seed=4)
+        out = place(x[fit], pca[fit], x[rest], "pca", d)
         assert out.shape == (len(rest), d) and out.dtype == np.float32
         np.testing.assert_allclose(out, pca[rest], atol=1e-5)
 
