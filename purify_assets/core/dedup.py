@@ -134,10 +134,16 @@ def _as_row_ids(row_ids: Sequence[str]) -> np.ndarray:
     ids = np.asarray(row_ids, dtype=object)
     if ids.ndim != 1:
         raise ValueError(f"row_ids must be one-dimensional, got shape {ids.shape}")
-    for i, r in enumerate(ids):
-        if not isinstance(r, str):
-            raise ValueError(f"row_ids[{i}] must be a string, got {type(r).__name__}: {r!r}")
-    s = pl.Series("row_id", ids.tolist(), dtype=pl.String)
+    try:  # polars checks the types in native code: a Python loop over 110k ids took 0.03 s a call
+        s = pl.Series("row_id", ids, dtype=pl.String, strict=True)
+        bad = s.null_count() > 0
+    except (TypeError, pl.exceptions.PolarsError):
+        bad = True
+    if bad:
+        for i, r in enumerate(ids):
+            if not isinstance(r, str):
+                raise ValueError(f"row_ids[{i}] must be a string, got {type(r).__name__}: {r!r}")
+        s = pl.Series("row_id", [str(r) for r in ids], dtype=pl.String)
     dup = s.filter(s.is_duplicated())
     if len(dup):
         raise ValueError(f"row_ids must be unique; duplicated: {dup.unique().head(5).to_list()}")

@@ -321,6 +321,48 @@ def replace_table(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFram
     return 0 if frame is None else insert_frame(con, table, frame)
 
 
+def sync_table(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, key: Sequence[str],
+               constants: dict[str, Any] | None = None) -> dict[str, int]:
+    """Make ``table`` hold exactly the rows of ``frame`` (which has every column of the table), writing
+    only what differs, in the caller's transaction: rows with no identical row in ``frame`` are
+    deleted, the ``constants`` columns (one value for every row, such as the cycle) are updated on the
+    rows kept, and the rows of ``frame`` whose ``key`` the table then lacks are inserted.
+
+    ``replace_table`` rewrites every row; when a cycle adds a tenth new rows to a table of texts, most
+    rows are unchanged but for the cycle number. At 105k published NSMC rows the rewrite's insert and
+    commit took 0.3-1.2 s here (the commit checkpoints ~60 MB of text), this 0.2 s. Returns the
+    number of rows deleted, updated and inserted."""
+    if table not in TABLE_DDL:
+        raise WarehouseError(f"unknown table {table!r}")
+    constants = dict(constants or {})
+    missing = [c for c in list(key) + list(constants) if c not in frame.columns]
+    if missing:
+        raise WarehouseError(f"sync of {table}: the frame lacks the columns {missing}")
+    for c, value in constants.items():
+        if len(frame) and not (frame[c] == value).all():
+            raise WarehouseError(f"sync of {table}: column {c!r} of the frame is not {value!r} on every row")
+    cols = ", ".join(f'"{c}"' for c in frame.columns)
+    if not scalar(con, f"SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT 1)"):
+        # nothing to compare with (a first publication): no join over the frame's rows
+        return {"deleted": 0, "updated": 0, "inserted": insert_frame(con, table, frame)}
+    compared = [c for c in frame.columns if c not in constants]
+    same = " AND ".join(f't."{c}" IS NOT DISTINCT FROM s."{c}"' for c in compared)
+    keyed = " AND ".join(f't."{c}" = s."{c}"' for c in key)
+    con.register("_purify_sync", frame)
+    try:
+        deleted = run(con, f"DELETE FROM {table} t WHERE NOT EXISTS (SELECT 1 FROM _purify_sync s WHERE {same})")
+        updated = [(0,)]
+        if constants:
+            sets = ", ".join(f'"{c}" = ?' for c in constants)
+            differs = " OR ".join(f'"{c}" IS DISTINCT FROM ?' for c in constants)
+            updated = run(con, f"UPDATE {table} SET {sets} WHERE {differs}", list(constants.values()) * 2)
+        inserted = run(con, f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _purify_sync s "
+                            f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {keyed})")
+    finally:
+        unregister(con, "_purify_sync")
+    return {"deleted": int(deleted[0][0]), "updated": int(updated[0][0]), "inserted": int(inserted[0][0])}
+
+
 def table_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     return {t: int(scalar(con, f"SELECT count(*) FROM {t}")) for t in TABLE_DDL}
 

@@ -761,7 +761,10 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
                           "row_id": data["row_id"], "text_hash": data["text_hash"], "since_fit": since})
 
     def store(cur: duckdb.DuckDBPyConnection) -> None:
-        wh.replace_table(cur, "projections", pl.concat(frames) if frames else None)
+        if plan["reuse"] and frames:  # most rows keep their coordinates and cluster: only changes are written
+            wh.sync_table(cur, "projections", pl.concat(frames), ["row_id", "method", "dims"], {"cycle": cycle})
+        else:
+            wh.replace_table(cur, "projections", pl.concat(frames) if frames else None)
         _store_fit_state(cur, "projections", state, plan["reuse"])
         if not plan["reuse"]:
             wh.replace_table(cur, "projection_fit", pl.concat(fit_frames) if fit_frames else None)
@@ -1441,13 +1444,15 @@ def publish_dataset(con: duckdb.DuckDBPyConnection, exports_dir: Path, plots_dir
     staging.mkdir(parents=True)
     # the table is written (and committed) in a thread while the files are written here: both mostly
     # wait on I/O and native code, and the export is swapped in only once the table is stored
-    with wh.background_write(con, lambda cur: wh.replace_table(cur, "purified_dataset", out), report.timings) as stored:
+    # only what changed since the last publication is written: most rows differ only by the cycle
+    with wh.background_write(con, lambda cur: wh.sync_table(cur, "purified_dataset", out, ["row_id"], {"cycle": cycle}),
+                             report.timings) as stored:
         with report.timed("export"):
             _write_exports(out, staging)
             card = dataset_card(con, cycle, out, dropped, plots_dir)
             (staging / "DATASET_CARD.md").write_text(card, "utf-8")
         try:
-            stored()
+            written = stored()
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -1472,6 +1477,7 @@ def publish_dataset(con: duckdb.DuckDBPyConnection, exports_dir: Path, plots_dir
             report.values["latest_link"] = f"{latest} -> {folder.name}"
         except OSError as exc:
             report.values["latest_link"] = f"not updated: {exc}"
+    report.counts.update({f"table_rows_{k}": v for k, v in written.items()})
     report.counts.update(cycle=cycle, rows_published=len(out), rows_in_dropped_clusters=len(dropped),
                          clusters_published=out["cluster"].n_unique() if len(out) else 0)
     report.files.update(export_folder=str(folder), dataset_card=str(folder / "DATASET_CARD.md"))

@@ -287,6 +287,10 @@ def test_a_cycle_publishes_exports_and_a_card(home):
         latest.mkdir()
         (latest / "mine.txt").write_text("kept", "utf-8")
         again = publish_dataset(con, home / "exports", home / "plots")
+        # the table already holds this publication: nothing is rewritten
+        assert published.counts["table_rows_inserted"] == published.counts["rows_published"]
+        assert (again.counts["table_rows_deleted"], again.counts["table_rows_updated"], again.counts["table_rows_inserted"]) == (0, 0, 0)
+        assert wh.scalar(con, "SELECT count(*) FROM purified_dataset WHERE cycle = 1") == published.counts["rows_published"]
         assert again.values["latest_link"].startswith("not updated:") and "is a directory" in again.values["latest_link"]
         assert (latest / "mine.txt").read_text("utf-8") == "kept" and (folder / "DATASET_CARD.md").exists()
         # the table is written beside the files: when it cannot be stored, the previous export stays
@@ -294,6 +298,7 @@ def test_a_cycle_publishes_exports_and_a_card(home):
         before = sorted(p.name for p in folder.iterdir())
         wh.run(con, "ALTER TABLE purified_dataset ADD COLUMN must_be_set VARCHAR NOT NULL DEFAULT 'x'")
         wh.run(con, "ALTER TABLE purified_dataset ALTER COLUMN must_be_set DROP DEFAULT")
+        wh.run(con, "UPDATE purified_dataset SET cluster_name = 'stale'")  # so that every row must be written again
         with pytest.raises(Exception, match="NOT NULL"):  # the statement's own error, not a follow-on one
             publish_dataset(con, home / "exports", home / "plots")
         assert sorted(p.name for p in folder.iterdir()) == before
