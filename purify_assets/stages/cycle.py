@@ -122,7 +122,8 @@ def _signatures(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, num_perm: in
 
     config = f"minhash-auto-{num_perm}"
     # stored values are below 2**32 (or the empty marker, which the cast maps to 2**32 - 1, as compact_signatures does)
-    sig, found = _lists_for(con, rows, "dedup_signatures", "signature", ["row_hash"], "e.config = ?", [config], np.uint32)
+    with report.timed("signatures_cached"):
+        sig, found = _lists_for(con, rows, "dedup_signatures", "signature", ["row_hash"], "e.config = ?", [config], np.uint32)
     if sig.shape[1] != num_perm:
         sig = np.zeros((len(rows), num_perm), dtype=np.uint32)  # nothing cached yet
     missing_pos = np.flatnonzero(~found)
@@ -170,29 +171,31 @@ def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], mod
     report = StageReport()
     # keys only: texts are read where a step needs them (hashing new rows, conflicts), so that at 1.7M
     # rows the frame stays small beside the vectors and signatures
-    rows = wh.frame(con, """
-        SELECT c.row_id, c.row_hash, c.text_hash, coalesce(length(c.output), 0) AS response_length,
-               e.row_id IS NOT NULL AS has_vector
-        FROM clean_rows c LEFT JOIN embeddings e ON e.row_id = c.row_id AND e.text_hash = c.text_hash AND e.model_id = ?
-        ORDER BY c.row_id""", [model_id])
-    n = len(rows)
-    # vectors of the rows that have one, in row order; ``vector_pos`` is each row's index into them
-    rows = rows.with_columns(pl.when(pl.col("has_vector")).then(pl.col("has_vector").cast(pl.Int64).cum_sum() - 1)
-                             .otherwise(None).alias("vector_pos"))
-    config = _dedup_config(dedup_params, model_id)
-    ids = rows["row_id"].to_list()
-    lengths = rows["response_length"].to_list()
-    state = wh.frame(con, "SELECT row_id, row_hash, text_hash, config FROM dedup_state")
-    previous = wh.frame(con, "SELECT * FROM dedup_sets")
-    unchanged_old = (
-        bool(dedup_params.get("incremental", True)) and len(state) > 0 and state["config"].n_unique() == 1
-        and state["config"][0] == config
-        and state.select("row_id", "row_hash", "text_hash").join(
-            rows.select("row_id", "row_hash", "text_hash"), on=["row_id", "row_hash", "text_hash"], how="anti").is_empty())
-    new_mask = None
-    if unchanged_old:
-        seen = set(state["row_id"].to_list())
-        new_mask = np.array([r not in seen for r in ids], dtype=bool)
+    with report.timed("load"):
+        rows = wh.frame(con, """
+            SELECT c.row_id, c.row_hash, c.text_hash, coalesce(length(c.output), 0) AS response_length,
+                   e.row_id IS NOT NULL AS has_vector
+            FROM clean_rows c LEFT JOIN embeddings e ON e.row_id = c.row_id AND e.text_hash = c.text_hash AND e.model_id = ?
+            ORDER BY c.row_id""", [model_id])
+        n = len(rows)
+        # vectors of the rows that have one, in row order; ``vector_pos`` is each row's index into them
+        rows = rows.with_columns(pl.when(pl.col("has_vector")).then(pl.col("has_vector").cast(pl.Int64).cum_sum() - 1)
+                                 .otherwise(None).alias("vector_pos"))
+        config = _dedup_config(dedup_params, model_id)
+        ids = rows["row_id"].to_list()
+        lengths = rows["response_length"].to_list()
+        state = wh.frame(con, "SELECT row_id, row_hash, text_hash, config FROM dedup_state")
+        previous = wh.frame(con, "SELECT * FROM dedup_sets")
+    with report.timed("plan"):
+        unchanged_old = (
+            bool(dedup_params.get("incremental", True)) and len(state) > 0 and state["config"].n_unique() == 1
+            and state["config"][0] == config
+            and state.select("row_id", "row_hash", "text_hash").join(
+                rows.select("row_id", "row_hash", "text_hash"), on=["row_id", "row_hash", "text_hash"], how="anti").is_empty())
+        new_mask = None
+        if unchanged_old:
+            new_mask = (~rows["row_id"].is_in(state["row_id"].implode())).to_numpy()
+    if new_mask is not None:
         report.values["mode"] = "incremental"
         report.counts["rows_new_since_last_run"] = int(new_mask.sum())
     else:
@@ -262,25 +265,26 @@ def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], mod
                 wh.insert_frame(con, "dedup_state", state_now.filter(pl.Series(new_mask)))
         else:
             wh.replace_table(con, "dedup_state", state_now)
-    summary = wh.frame(con, "SELECT kind, count(DISTINCT set_id) AS sets, count(*) FILTER (WHERE NOT is_representative) "
-                            "AS members_beyond_representative FROM dedup_sets GROUP BY kind ORDER BY kind")
-    report.counts["rows_considered"] = n
-    for kind, n_sets, n_members in summary.iter_rows():
-        report.counts[f"{kind}.sets"] = int(n_sets)
-        report.counts[f"{kind}.members_beyond_representative"] = int(n_members)
-    removed = wh.scalar(con, f"SELECT count(DISTINCT row_id) FROM ({REMOVED_ROW_IDS_SQL})")
-    report.counts["rows_removed"] = int(removed)
-    report.counts["rows_kept"] = n - int(removed)
-    report.counts["rows_flagged_conflict"] = int(wh.scalar(con, "SELECT count(DISTINCT row_id) FROM dedup_sets WHERE kind = 'conflict'"))
-    report.values["config_hash"] = config
-    report.markdown["sets_by_kind"] = wh.markdown_table(summary)
-    report.markdown["largest_sets"] = wh.markdown_table(wh.frame(con, """
-        SELECT d.set_id, d.kind, count(*) AS members, any_value(c.text) FILTER (WHERE d.is_representative) AS representative
-        FROM dedup_sets d JOIN clean_rows c USING (row_id) GROUP BY d.set_id, d.kind ORDER BY members DESC, d.set_id LIMIT 10"""))
-    report.markdown["removed_examples"] = wh.markdown_table(wh.frame(con, """
-        SELECT d.kind, round(d.similarity, 3) AS similarity, c.text AS removed, r.text AS kept
-        FROM dedup_sets d JOIN clean_rows c ON c.row_id = d.row_id JOIN clean_rows r ON r.row_id = d.representative_row_id
-        WHERE NOT d.is_representative ORDER BY d.kind DESC, d.similarity LIMIT 10"""))
+    with report.timed("summary"):
+        summary = wh.frame(con, "SELECT kind, count(DISTINCT set_id) AS sets, count(*) FILTER (WHERE NOT is_representative) "
+                                "AS members_beyond_representative FROM dedup_sets GROUP BY kind ORDER BY kind")
+        report.counts["rows_considered"] = n
+        for kind, n_sets, n_members in summary.iter_rows():
+            report.counts[f"{kind}.sets"] = int(n_sets)
+            report.counts[f"{kind}.members_beyond_representative"] = int(n_members)
+        removed = wh.scalar(con, f"SELECT count(DISTINCT row_id) FROM ({REMOVED_ROW_IDS_SQL})")
+        report.counts["rows_removed"] = int(removed)
+        report.counts["rows_kept"] = n - int(removed)
+        report.counts["rows_flagged_conflict"] = int(wh.scalar(con, "SELECT count(DISTINCT row_id) FROM dedup_sets WHERE kind = 'conflict'"))
+        report.values["config_hash"] = config
+        report.markdown["sets_by_kind"] = wh.markdown_table(summary)
+        report.markdown["largest_sets"] = wh.markdown_table(wh.frame(con, """
+            SELECT d.set_id, d.kind, count(*) AS members, any_value(c.text) FILTER (WHERE d.is_representative) AS representative
+            FROM dedup_sets d JOIN clean_rows c USING (row_id) GROUP BY d.set_id, d.kind ORDER BY members DESC, d.set_id LIMIT 10"""))
+        report.markdown["removed_examples"] = wh.markdown_table(wh.frame(con, """
+            SELECT d.kind, round(d.similarity, 3) AS similarity, c.text AS removed, r.text AS kept
+            FROM dedup_sets d JOIN clean_rows c ON c.row_id = d.row_id JOIN clean_rows r ON r.row_id = d.representative_row_id
+            WHERE NOT d.is_representative ORDER BY d.kind DESC, d.similarity LIMIT 10"""))
     return report
 
 
