@@ -1405,16 +1405,15 @@ def _write_exports(out: pl.DataFrame, folder: Path) -> None:
     jsonl_files = []
     with ThreadPoolExecutor(2, thread_name_prefix="purify-export") as pool:
         pending = []
-        for (cluster, name), part in out.sort("cluster", maintain_order=True).group_by(
-                ["cluster", "cluster_name"], maintain_order=True):
+        for (cluster, name), part in out.group_by(["cluster", "cluster_name"], maintain_order=True):
             stem = f"cluster_{int(cluster):03d}_{_safe_name(str(name or 'unnamed'))}"
-            jsonl_files.append(folder / f"{stem}.jsonl")
-            pending.append(pool.submit(part.write_ndjson, jsonl_files[-1]))
+            jsonl_files.append((int(cluster), folder / f"{stem}.jsonl"))
+            pending.append(pool.submit(part.write_ndjson, jsonl_files[-1][1]))
             pending.append(pool.submit(part.write_parquet, folder / f"{stem}.parquet"))
         for job in pending:
             job.result()
     with open(folder / "purified_all.jsonl", "wb") as whole:
-        for path in jsonl_files:
+        for _cluster, path in sorted(jsonl_files, key=lambda item: item[0]):
             with open(path, "rb") as part_file:
                 shutil.copyfileobj(part_file, whole, 1 << 20)
 

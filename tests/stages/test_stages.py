@@ -275,6 +275,9 @@ def test_a_cycle_publishes_exports_and_a_card(home):
         # clusters' files together; each cluster's Parquet holds its JSONL's rows
         every = [json.loads(line) for line in (folder / "purified_all.jsonl").read_text("utf-8").splitlines()]
         assert len(every) == published.counts["rows_published"]
+        # the clusters' files one after the other: cluster by cluster, row ids in order within each
+        keys = [(r["cluster"], r["row_id"]) for r in every]
+        assert keys == sorted(keys)
         per_cluster = sorted(folder.glob("cluster_*.jsonl"))
         parts = [json.loads(line) for f in per_cluster for line in f.read_text("utf-8").splitlines()]
         assert sorted(r["row_id"] for r in parts) == sorted(r["row_id"] for r in every)
