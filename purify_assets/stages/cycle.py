@@ -142,15 +142,16 @@ def _signatures(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, num_perm: in
     if unique is not None and len(unique):
         with report.timed("near_hashing"):
             fresh_sig = minhash_signatures(unique["full_text"].to_list(), num_perm=num_perm)
-        fresh = pl.DataFrame({"row_hash": unique["row_hash"], "config": [config] * len(unique),
-                              "signature": pl.Series(fresh_sig).cast(pl.List(pl.UInt64))})
-        with wh.transaction(con):  # a cache keyed by (row hash, config): all of a batch of signatures or none
-            wh.insert_frame(con, "dedup_signatures", fresh)
-        del fresh
-        compact = compact_signatures(fresh_sig)
-        # and into the flat files, which the next run reads them from
-        wh.cache_lists(con, "dedup_signatures", "signature", unique.select("row_hash"), ["row_hash"], compact, np.uint32,
-                       "e.config = ?", [config])
+        with report.timed("signatures_store"):
+            fresh = pl.DataFrame({"row_hash": unique["row_hash"], "config": [config] * len(unique),
+                                  "signature": pl.Series(fresh_sig).cast(pl.List(pl.UInt64))})
+            with wh.transaction(con):  # a cache keyed by (row hash, config): all of a batch of signatures or none
+                wh.insert_frame(con, "dedup_signatures", fresh)
+            del fresh
+            compact = compact_signatures(fresh_sig)
+            # and into the flat files, which the next run reads them from
+            wh.cache_lists(con, "dedup_signatures", "signature", unique.select("row_hash"), ["row_hash"], compact, np.uint32,
+                           "e.config = ?", [config])
         # every missing row (copies of one hash included) takes its hash's new signature
         where = missing.select("_pos", "row_hash").join(unique.select("row_hash").with_row_index("_new"), on="row_hash",
                                                         how="left", maintain_order="left")
