@@ -128,7 +128,7 @@ def pca_place(x_fit: np.ndarray, y_fit: np.ndarray, x_new: np.ndarray) -> np.nda
     y_fit = np.asarray(y_fit, dtype=np.float64)
     mean = x_fit.mean(axis=0)
     weights = (x_fit - mean).T @ y_fit @ np.linalg.pinv(y_fit.T @ y_fit)
-    # the new rows in float32: the first float64 product of this size in a process cost ~0.2 s here
+    # the new rows in float32: the first float64 product of this size in a process took 0.2-0.4 s here
     w32 = weights.astype(np.float32)
     shift = (mean @ weights).astype(np.float32)
     out = np.empty((len(x_new), y_fit.shape[1]), dtype=np.float32)
@@ -163,7 +163,7 @@ def _neighbour_chunks(x_fit: np.ndarray, x_rest: np.ndarray, knn: int, rows: np.
     2 a.b - |b|^2 (the same order as the distance), and the distances of the k chosen are then
     computed from the differences, so a row on top of a fitted row gets distance 0, not float32
     cancellation noise. scikit-learn's brute-force search widens float32 to float64 blocks: placing
-    9,756 new rows onto a 5,000-row fit (512-D) took it 0.8-1.0 s here, this 0.5 s."""
+    9,756 new rows onto a 5,000-row fit (512-D) took it 0.8-1.0 s here, this 0.5-0.8 s."""
     x_fit = np.asarray(x_fit, dtype=np.float32)
     k = max(1, min(knn, len(x_fit)))
     fit_sq = np.einsum("ij,ij->i", x_fit, x_fit)
