@@ -341,10 +341,10 @@ def sync_table(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, 
     for c, value in constants.items():
         if len(frame) and not (frame[c] == value).all():
             raise WarehouseError(f"sync of {table}: column {c!r} of the frame is not {value!r} on every row")
-    cols = ", ".join(f'"{c}"' for c in frame.columns)
     if not scalar(con, f"SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT 1)"):
         # nothing to compare with (a first publication): no join over the frame's rows
         return {"deleted": 0, "updated": 0, "inserted": insert_frame(con, table, frame)}
+    cols = ", ".join(f'"{c}"' for c in frame.columns)
     compared = [c for c in frame.columns if c not in constants]
     same = " AND ".join(f't."{c}" IS NOT DISTINCT FROM s."{c}"' for c in compared)
     keyed = " AND ".join(f't."{c}" = s."{c}"' for c in key)

@@ -749,10 +749,9 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
     frames = [pl.DataFrame({
         "cycle": pl.Series([cycle] * n, dtype=pl.Int32), "row_id": data["row_id"],
         "method": [method] * n, "dims": pl.Series([dims] * n, dtype=pl.Int32),
-        "x": coords[(method, dims)][:, 0], "y": coords[(method, dims)][:, 1],
-        "z": coords[(method, dims)][:, 2] if dims == 3 else pl.Series([None] * n, dtype=pl.Float32),
+        "x": c[:, 0], "y": c[:, 1], "z": c[:, 2] if dims == 3 else pl.Series([None] * n, dtype=pl.Float32),
         "cluster": pl.Series(labels.astype(np.int32)),
-    }) for method, dims in combos]
+    }) for (method, dims), c in ((combo, coords[combo]) for combo in combos)]
     if plan["reuse"]:
         known_since = plan["known"].select("row_id", "since_fit")
         since = ids.join(known_since, on="row_id", how="left", maintain_order="left")["since_fit"].fill_null(True)
@@ -995,7 +994,7 @@ def measure_clusters(con: duckdb.DuckDBPyConnection, measure_params: dict[str, A
         with report.timed("plot"):
             # a picture, not a measurement: at most 20,000 points drawn, and only they are projected
             # (PCA fitted on 3,000 of them). Drawn in a thread beside the figures above it was slower:
-            # both sides hold the GIL often enough that the stage took 1.65 s instead of 1.25 s
+            # both sides hold the GIL often enough that the stage took 1.65 s instead of 1.3-1.4 s
             drawn = drawn_points(len(labels), 20000)
             coords = project(vectors[drawn], "pca", 2, seed=0, fit_sample=3000)
             report.images["pca_2d"] = scatter_png(coords, labels[drawn], f"cycle {cycle}: clusters on PCA 2-D",
