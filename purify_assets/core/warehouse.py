@@ -47,8 +47,10 @@ TABLE_DDL: dict[str, str] = {
     "dedup_sets": """
         set_id VARCHAR, kind VARCHAR, row_id VARCHAR, representative_row_id VARCHAR,
         is_representative BOOLEAN, similarity FLOAT, reason VARCHAR""",
+    # MinHash signatures in the compact form (dedup.compact_signatures: every value below 2**32, the
+    # empty-text marker 2**32 - 1); warehouses made before hold UBIGINT[], read the same way
     "dedup_signatures": """
-        row_hash VARCHAR, config VARCHAR, signature UBIGINT[]""",
+        row_hash VARCHAR, config VARCHAR, signature UINTEGER[]""",
     "dedup_state": """
         row_id VARCHAR, row_hash VARCHAR, text_hash VARCHAR, config VARCHAR""",
     "cluster_labels": """

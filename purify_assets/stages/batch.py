@@ -333,8 +333,10 @@ def _embed_into(con: duckdb.DuckDBPyConnection, batch_id: str, table: str, wante
             vectors = np.vstack(parts)
         embed_seconds += time.perf_counter() - t0
         embedded += len(texts)
+        # stored in row id order, the order the cycle stages read rows in: a batch that fits one chunk then
+        # lies in the table and in the cache files as one run, which readers copy as slices
         rows = chunk.select("row_id", "text_hash").join(unique.select("text_hash").with_row_index("_u"), on="text_hash",
-                                                        how="left", maintain_order="left")
+                                                        how="left").sort("row_id")
         stored = vectors[rows["_u"].to_numpy()]
         frame = rows.select(pl.lit(batch_id).alias("batch_id"), "row_id", pl.lit(model_id).alias("model_id"),
                             "text_hash").with_columns(vectors_to_frame(stored))

@@ -116,8 +116,8 @@ def _dedup_config(dedup_params: dict[str, Any], model_id: str) -> str:
 def _signatures(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, num_perm: int, report: StageReport) -> np.ndarray:
     """MinHash signatures of every row of ``rows`` (one matrix row each, in order), in the compact
     uint32 form (``dedup.compact_signatures``: half the memory of uint64, at 1.7M rows 0.8 GB less
-    at the stage's peak); cached in ``dedup_signatures`` (UBIGINT[]) by (row hash, shingle config),
-    so only row hashes never seen are hashed. The cached ones stream straight into the matrix."""
+    at the stage's peak); cached in ``dedup_signatures`` (UINTEGER[]; UBIGINT[] in older warehouses)
+    by (row hash, shingle config), so only row hashes never seen are hashed. The cached ones stream straight into the matrix."""
     from purify_assets.core.dedup import compact_signatures, minhash_signatures
 
     config = f"minhash-auto-{num_perm}"
@@ -143,12 +143,14 @@ def _signatures(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, num_perm: in
         with report.timed("near_hashing"):
             fresh_sig = minhash_signatures(unique["full_text"].to_list(), num_perm=num_perm)
         with report.timed("signatures_store"):
+            # stored compact (uint32): half the bytes of uint64 to write and to log before the checkpoint
+            # (10k new rows: 5 MB instead of 10 MB)
+            compact = compact_signatures(fresh_sig)
             fresh = pl.DataFrame({"row_hash": unique["row_hash"], "config": [config] * len(unique),
-                                  "signature": pl.Series(fresh_sig).cast(pl.List(pl.UInt64))})
+                                  "signature": pl.Series(compact).cast(pl.List(pl.UInt32))})
             with wh.transaction(con):  # a cache keyed by (row hash, config): all of a batch of signatures or none
                 wh.insert_frame(con, "dedup_signatures", fresh)
             del fresh
-            compact = compact_signatures(fresh_sig)
             # and into the flat files, which the next run reads them from
             wh.cache_lists(con, "dedup_signatures", "signature", unique.select("row_hash"), ["row_hash"], compact, np.uint32,
                            "e.config = ?", [config])

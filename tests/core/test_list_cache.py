@@ -124,14 +124,22 @@ def test_many_small_appends_are_compacted(tmp_path, monkeypatch):
         assert stats["hits"] == 500
 
 
-def test_signatures_are_cached_in_their_own_dtype_and_the_switch_turns_it_off(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stored_as", ["UINTEGER[]", "UBIGINT[]"])
+def test_signatures_are_cached_in_their_own_dtype_and_the_switch_turns_it_off(tmp_path, monkeypatch, stored_as):
+    """Signatures are stored compact (uint32, the empty marker 2**32 - 1); a warehouse made before
+    holds them as UBIGINT[] with the uint64 marker, and reads the same."""
     path = tmp_path / "w.duckdb"
     with wh.connect(path) as con:
         sig = np.arange(40, dtype=np.uint64).reshape(10, 4) * 1_000_003
         sig[3, 2] = 2**64 - 1  # the empty marker, read as 2**32 - 1 (``dedup.compact_signatures``)
+        if stored_as == "UBIGINT[]":
+            wh.run(con, "DROP TABLE dedup_signatures")
+            wh.run(con, "CREATE TABLE dedup_signatures (row_hash VARCHAR, config VARCHAR, signature UBIGINT[])")
+            column = pl.Series(sig).cast(pl.List(pl.UInt64))
+        else:
+            column = pl.Series(sig.astype(np.uint32)).cast(pl.List(pl.UInt32))
         wh.insert_frame(con, "dedup_signatures", pl.DataFrame({
-            "row_hash": [f"rh{i}" for i in range(10)], "config": ["c"] * 10,
-            "signature": pl.Series(sig).cast(pl.List(pl.UInt64))}))
+            "row_hash": [f"rh{i}" for i in range(10)], "config": ["c"] * 10, "signature": column}))
         keys = pl.DataFrame({"row_hash": [f"rh{i}" for i in range(10)]})
         for _ in range(2):
             got, found = _lists_for(con, keys, "dedup_signatures", "signature", ["row_hash"], "e.config = ?", ["c"], np.uint32)
@@ -215,3 +223,23 @@ def test_stages_copy_what_they_store_into_the_files_so_the_next_reader_skips_duc
         np.testing.assert_array_equal(x, stored)
         signature_reads = [s for name, s in reads if name.startswith("dedup_signatures")]
         assert signature_reads[-1]["misses"] == 0 and signature_reads[-1]["hits"] > 0
+
+
+def test_cached_rows_gathers_runs_and_scattered_rows_alike():
+    # two segments; the wanted rows mix long consecutive runs (copied as slices), scattered rows
+    # (gathered) and rows with no list (zeros): every index form gives the reference rows
+    rng = np.random.default_rng(3)
+    seg_rows = {0: rng.standard_normal((500, 4)).astype(np.float32), 1: rng.standard_normal((300, 4)).astype(np.float32)}
+    segment = np.concatenate([np.zeros(500, np.int32), np.ones(300, np.int32), -np.ones(7, np.int32)])
+    offset = np.concatenate([np.arange(500), np.arange(300), np.zeros(7)]).astype(np.int64)
+    shuffled = rng.permutation(len(segment))
+    for order in (np.arange(len(segment)), shuffled):
+        rows = list_cache.CachedRows(seg_rows, segment[order], offset[order], 4, np.float32)
+        reference = np.zeros((len(order), 4), np.float32)
+        for i, (s, o) in enumerate(zip(segment[order], offset[order])):
+            if s >= 0:
+                reference[i] = seg_rows[int(s)][o]
+        for idx in (slice(None), slice(490, 520), np.array([3, 2, 1, 600, 805, 806]), np.arange(795, 807),
+                    np.zeros(len(order), bool), rng.random(len(order)) < 0.5):
+            np.testing.assert_array_equal(rows[idx], reference[idx])
+        assert rows[np.array([], np.int64)].shape == (0, 4)

@@ -323,3 +323,20 @@ def test_umap_fits_on_the_exact_graph_and_takes_a_shared_one(data, umap3):
     np.testing.assert_allclose(project(x, "umap", 3, seed=0, fit_sample=120, umap_knn=graph), umap3, atol=1e-5)
     with pytest.raises(ValueError, match=r"umap_knn has shape \(120, 10\); the fit needs \(120, 15\)"):
         project(x, "umap", 3, seed=0, fit_sample=120, umap_knn=umap_neighbours(x[fit], 10, "cosine"))
+
+
+@pytest.mark.parametrize("n", [300, 20])
+def test_pca_components_match_scikit_learns_exact_pca_with_its_signs(n):
+    """The exact PCA (scatter or Gram eigenvectors) gives scikit-learn's full-SVD PCA coordinates,
+    signs included, for more rows than dimensions and for fewer."""
+    from sklearn.decomposition import PCA
+
+    from purify_assets.core.projection import pca_components
+
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((n, 32)) * np.linspace(6, 0.5, 32) + 3.0).astype(np.float32)
+    want = PCA(n_components=3, svd_solver="full").fit(x)
+    mean, components = pca_components(x, 3)
+    np.testing.assert_allclose(components, want.components_, atol=1e-5)
+    np.testing.assert_allclose((x - mean) @ components.T, want.transform(x), atol=1e-3)
+    np.testing.assert_allclose(project(x, "pca", 3, fit_sample=n), want.transform(x), atol=1e-3)

@@ -552,11 +552,11 @@ def test_dedup_evidence_from_held_vectors_equals_the_warehouse_read(home):
         given = dedup_evidence(con, settings, data, emb.model_id, margin=0.3, vectors=held)
         sampled = dedup_evidence(con, settings, data, emb.model_id, margin=0.3, vectors=held, sample=8)
         # the signatures computed afresh are the ones dedup stored for the same rows
-        from purify_assets.core.dedup import minhash_signatures
+        from purify_assets.core.dedup import compact_signatures, minhash_signatures
         stored = wh.frame(con, "SELECT concat_ws(chr(10), c.instruction, c.input, c.output) AS full_text, s.signature "
                                "FROM clean_rows c JOIN dedup_signatures s USING (row_hash) ORDER BY c.row_id LIMIT 5")
-        fresh = minhash_signatures(stored["full_text"].to_list(), num_perm=128)
-        assert fresh.tolist() == stored["signature"].to_list()
+        fresh = compact_signatures(minhash_signatures(stored["full_text"].to_list(), num_perm=128))
+        assert stored.schema["signature"] == pl.List(pl.UInt32) and fresh.tolist() == stored["signature"].to_list()
     assert len(read.near_misses) == 30  # template siblings score just below the threshold
     assert all(0.4 <= m["score"] < 0.7 for m in read.near_misses)
     assert given.near_misses == read.near_misses
