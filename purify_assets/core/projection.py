@@ -16,8 +16,9 @@ CONTRACT (used by ``purify_assets.stages.cycle.project_rows``):
 
 How each method scales (n rows, fit on a sample, place the rest):
 
-- ``pca``: fitted on at most ``fit_sample`` rows (``numpy.random.default_rng(seed)``), every row
-  transformed in chunks. Cheap at any n.
+- ``pca``: exact (``pca_components``: eigenvectors of the scatter matrix), fitted on at most
+  ``fit_sample`` rows (``numpy.random.default_rng(seed)``), every row transformed in chunks. Cheap
+  at any n.
 - ``umap``: fitted on at most ``fit_sample`` rows; the rest are placed like t-SNE's (below: k nearest
   fitted rows, distance-weighted), or with ``UMAP.transform`` when ``umap_place="transform"``.
   ``transform`` re-runs layout epochs for every placed row: at 100k rows it took 104 s of a 2-D
