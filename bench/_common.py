@@ -36,8 +36,8 @@ CACHE = BENCH / ".cache"
 NSMC = DATA / "nsmc" / "nsmc_raw_reviews.jsonl"
 NSMC_ROWS = 712_404
 
-SHARED_NOTE = ("The machine was shared with other workers during these runs (2 cores for everyone): "
-               "absolute figures are noisy and pessimistic; ratios measured in one process are steadier.")
+SHARED_NOTE = ("Other jobs may share these 2 cores (see the load average at start): absolute "
+               "figures are noisy; ratios measured in one process are steadier.")
 
 # Packages whose versions every results file records (distribution name -> label).
 VERSION_PACKAGES = {
