@@ -82,7 +82,7 @@ def machine_info() -> dict[str, Any]:
     return {
         "cpu_model": cpu_model, "cores": os.cpu_count(), "cores_usable": usable,
         "ram_gib": round(mem_kb / 2**20, 1), "platform": platform.platform(), "load_average_1_5_15": load,
-        "shared": True, "note": SHARED_NOTE,
+        "note": SHARED_NOTE,
     }
 
 
