@@ -159,6 +159,9 @@ def _lengths(response_lengths: Sequence[int] | None, n: int) -> np.ndarray:
     if response_lengths is None:
         return np.zeros(n, dtype=np.int64)
     _check_len("response_lengths", response_lengths, n)
+    if isinstance(response_lengths, np.ndarray) and response_lengths.dtype.kind in "iu":
+        # an integer array has no None or text to check: at 110k rows the loop below took 0.03 s a call
+        return response_lengths.astype(np.int64, copy=False)
     out = np.empty(n, dtype=np.int64)
     for i, v in enumerate(response_lengths):
         if v is None:
@@ -579,7 +582,7 @@ def _sharing_a_key_with(keys: np.ndarray, marked: np.ndarray) -> np.ndarray:
     new rows they are a small part of every band, and a hash lookup finds them without sorting
     the band's keys."""
     wanted = pl.Series(keys[marked], dtype=pl.UInt64)
-    return np.flatnonzero(pl.Series(keys, dtype=pl.UInt64).is_in(wanted).to_numpy())
+    return np.flatnonzero(pl.Series(keys, dtype=pl.UInt64).is_in(wanted.implode()).to_numpy())
 
 
 def _bucket_pairs(keys: np.ndarray, nodes: np.ndarray, max_bucket: int) -> tuple[np.ndarray, np.ndarray]:

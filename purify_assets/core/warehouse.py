@@ -249,13 +249,16 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
 
 @contextlib.contextmanager
 def background_write(con: duckdb.DuckDBPyConnection, write: Callable[[duckdb.DuckDBPyConnection], Any],
-                     timings: dict[str, float] | None = None, name: str = "store") -> Iterator[Callable[[], Any]]:
+                     timings: dict[str, float] | None = None, name: str = "store",
+                     after_commit: Callable[[duckdb.DuckDBPyConnection], Any] | None = None) -> Iterator[Callable[[], Any]]:
     """Run ``write(cursor)`` in one transaction on a cursor of ``con`` (its own connection to the same
     database) in a thread, while the body does other work (files, plots): DuckDB releases the GIL
     while it writes and commits, so the two share the cores. Yields ``wait()``, which blocks until
     the write is committed and returns its result or raises its error; the body calls it before it
     publishes anything that must follow the write. Leaving the block always waits for the write
-    (a failed body does not leave a transaction running); the write's seconds go to ``timings[name]``."""
+    (a failed body does not leave a transaction running); the write's seconds go to ``timings[name]``.
+    ``after_commit(cursor)``, when given, runs in the same thread once the write is committed (such
+    as copying what was written into the flat-file cache, which needs the committed row ids)."""
     cursor = con.cursor()
     outcome: dict[str, Any] = {}
 
@@ -264,6 +267,8 @@ def background_write(con: duckdb.DuckDBPyConnection, write: Callable[[duckdb.Duc
         try:
             with transaction(cursor):
                 outcome["value"] = write(cursor)
+            if after_commit is not None:
+                after_commit(cursor)
         except BaseException as exc:  # handed to the waiting thread
             outcome["error"] = exc
         finally:
