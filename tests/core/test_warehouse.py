@@ -290,3 +290,29 @@ def test_background_write_commits_beside_the_body_and_reports_its_errors(tmp_pat
             with wh.background_write(con, lambda cur: wh.replace_batch(cur, "quarantine", "b1", frame.head(2))):
                 raise KeyError("body failed")
         assert wh.table_counts(con)["quarantine"] == 2
+
+
+def test_background_write_runs_after_commit_once_the_rows_are_committed(tmp_path):
+    frame = pl.DataFrame({"batch_id": ["b1"] * 3, "source_file": ["f"] * 3, "line_no": [1, 2, 3],
+                          "error": ["e"] * 3, "raw": ["x", "y", "z"]})
+    with wh.connect(tmp_path / "w.duckdb") as con:
+        seen: list[int] = []
+
+        def after(cur):  # on its own connection: only committed rows are visible to the main one
+            seen.append(int(wh.scalar(con.cursor(), "SELECT count(*) FROM quarantine")))
+            return "ignored"
+
+        with wh.background_write(con, lambda cur: wh.replace_batch(cur, "quarantine", "b1", frame),
+                                 after_commit=after) as stored:
+            assert stored() == 3  # the write's result, not after_commit's
+        assert seen == [3]
+
+        def failing_after(cur):
+            raise OSError("cache folder gone")
+
+        # the rows stay committed; the follow-up's error is the one wait() raises
+        with pytest.raises(OSError, match="cache folder gone"):
+            with wh.background_write(con, lambda cur: wh.replace_batch(cur, "quarantine", "b1", frame.head(1)),
+                                     after_commit=failing_after) as stored:
+                stored()
+        assert wh.table_counts(con)["quarantine"] == 1

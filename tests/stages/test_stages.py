@@ -200,6 +200,33 @@ def test_a_large_batch_is_embedded_in_chunks_each_text_once_and_a_failure_keeps_
         assert again.counts["embedded"] == again.counts["response.embedded"] == 0
 
 
+def test_dedup_fails_whole_when_storing_new_signatures_fails(home, monkeypatch):
+    emb = TrigramEmbedder()
+    dp = DEFAULT_PARAMS["dedup"]
+    with wh.connect(home / "w.duckdb") as con:
+        load(con, home, "a.jsonl", make_rows(), emb)
+        dedup_rows(con, dp, emb.model_id)
+        before = wh.frame(con, "SELECT * FROM dedup_sets ORDER BY ALL")
+        n_state = wh.table_counts(con)["dedup_state"]
+        load(con, home, "b.jsonl", make_rows(offset=500)[:9], emb)
+        insert = wh.insert_frame
+
+        def refuse_signatures(cur, table, frame):
+            if table == "dedup_signatures":
+                raise OSError("no space left on device")
+            return insert(cur, table, frame)
+
+        monkeypatch.setattr(wh, "insert_frame", refuse_signatures)
+        # the store runs in a thread beside the searches; its error is the stage's, and nothing is half-written
+        with pytest.raises(OSError, match="no space left"):
+            dedup_rows(con, dp, emb.model_id)
+        monkeypatch.setattr(wh, "insert_frame", insert)
+        assert wh.frame(con, "SELECT * FROM dedup_sets ORDER BY ALL").equals(before)
+        assert wh.table_counts(con)["dedup_state"] == n_state
+        again = dedup_rows(con, dp, emb.model_id)  # and the next run completes the work
+        assert again.values["mode"] == "incremental" and again.counts["near.signatures_computed"] == 9
+
+
 def test_dedup_is_incremental_and_matches_a_full_run(home):
     emb = TrigramEmbedder()
     dp = DEFAULT_PARAMS["dedup"]
@@ -221,6 +248,8 @@ def test_dedup_is_incremental_and_matches_a_full_run(home):
         incremental = wh.frame(con, "SELECT set_id, kind, row_id, representative_row_id FROM dedup_sets ORDER BY ALL")
         full = dedup_rows(con, dict(dp, incremental=False), emb.model_id)
         assert full.values["mode"] == "full"
+        # the signatures the second run stored in its background thread serve the third: none hashed again
+        assert full.counts["near.signatures_computed"] == 0 and full.counts["near.signatures_cached"] >= 60 + 13 - 5
         again = wh.frame(con, "SELECT set_id, kind, row_id, representative_row_id FROM dedup_sets ORDER BY ALL")
         assert incremental.equals(again)
         assert second.counts["rows_removed"] >= 5 + 4
