@@ -96,13 +96,32 @@ def versions() -> dict[str, str]:
     return out
 
 
+def shown_path(path: Path) -> str:
+    """``path`` as reports show it: relative to the folder holding the project when it lies there
+    (shared/data/...), else as given (a PURIFY_BENCH_DATA elsewhere)."""
+    try:
+        return str(path.relative_to(ROOT.parent))
+    except ValueError:
+        return str(path)
+
+
 # ------------------------------------------------------------------------------------ memory
 
-def _proc_rss_kib(pid: str) -> int:
+def _proc_rss_parts_kib(pid: str) -> tuple[int, int]:
+    """(resident KiB, of which file-backed or shared KiB) of one process, from /proc/<pid>/status.
+    The file-backed part is pages of mapped files (memory-mapped vectors, libraries) the kernel can
+    drop and read again; the rest (RssAnon) is what the process itself allocated."""
+    total = mapped = 0
     for line in _read(f"/proc/{pid}/status").splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+            total = int(line.split()[1])
+        elif line.startswith(("RssFile:", "RssShmem:")):
+            mapped += int(line.split()[1])
+    return total, mapped
+
+
+def _proc_rss_kib(pid: str) -> int:
+    return _proc_rss_parts_kib(pid)[0]
 
 
 def _descendants(pid: str) -> list[str]:
@@ -121,21 +140,28 @@ def _descendants(pid: str) -> list[str]:
 _TREE_PEAK_MB = 0.0  # the largest process-tree RSS any rss_mb() call has seen
 
 
-def rss_mb() -> float:
-    """Resident set size of this process and its live child processes in MiB (worker processes,
-    such as the encoder's, count), from /proc; psutil as a fallback (this process only)."""
+def rss_split_mb() -> tuple[float, float]:
+    """(resident set size, of which file-backed) of this process and its live child processes in
+    MiB (worker processes, such as the encoder's, count), from /proc; psutil as a fallback (this
+    process only, file-backed share unknown: nan)."""
     global _TREE_PEAK_MB
-    own = _proc_rss_kib("self")
+    own, own_mapped = _proc_rss_parts_kib("self")
     if own:
-        total = (own + sum(_proc_rss_kib(c) for c in _descendants(str(os.getpid())))) / 1024
+        parts = [_proc_rss_parts_kib(c) for c in _descendants(str(os.getpid()))]
+        total = (own + sum(p[0] for p in parts)) / 1024
         _TREE_PEAK_MB = max(_TREE_PEAK_MB, total)
-        return total
+        return total, (own_mapped + sum(p[1] for p in parts)) / 1024
     try:
         import psutil
 
-        return psutil.Process().memory_info().rss / 2**20
+        return psutil.Process().memory_info().rss / 2**20, float("nan")
     except ImportError:
-        return float("nan")
+        return float("nan"), float("nan")
+
+
+def rss_mb() -> float:
+    """Resident set size of this process and its live child processes in MiB (``rss_split_mb``)."""
+    return rss_split_mb()[0]
 
 
 def peak_rss_mb() -> float:
@@ -156,16 +182,23 @@ class PeakSampler:
     def __init__(self, interval: float = 0.05):
         self.interval = interval
         self.peak = 0.0
+        self.peak_file_backed = 0.0  # the file-backed part of RSS at the peak sample
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def _sample(self) -> None:
+        total, mapped = rss_split_mb()
+        if total > self.peak:
+            self.peak, self.peak_file_backed = total, mapped
+
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, rss_mb())
+            self._sample()
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "PeakSampler":
-        self.peak = rss_mb()
+        self.peak = 0.0
+        self._sample()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         return self
@@ -174,7 +207,7 @@ class PeakSampler:
         self._stop.set()
         if self._thread:
             self._thread.join()
-        self.peak = max(self.peak, rss_mb())
+        self._sample()
 
 
 @dataclass
@@ -206,6 +239,8 @@ def measured(stage: str, rows: int, out: list[StageTiming], detail: dict[str, An
         finally:
             item.seconds = time.perf_counter() - t0
     item.peak_rss_mb = sampler.peak
+    if sampler.peak_file_backed == sampler.peak_file_backed:  # not nan
+        item.detail["peak_rss_file_backed_mb"] = round(sampler.peak_file_backed, 1)
     out.append(item)
 
 

@@ -285,16 +285,19 @@ def markdown(res: dict[str, Any]) -> str:
             if stage in s.get("failed_stages", []):
                 label += " **FAILED**"
             rows.append({"n": s["n"], "stage": label, "rows": st["rows"], "seconds": st["seconds"]["median"],
-                         "rows/s": st["rows_per_second"]["median"], "peak RSS MiB": st["peak_rss_mb"]["median"]})
+                         "rows/s": st["rows_per_second"]["median"], "peak RSS MiB": st["peak_rss_mb"]["median"],
+                         # pages of mapped files (vectors, libraries) the kernel can drop: of the last run
+                         "file-backed at peak MiB": st["detail"].get("peak_rss_file_backed_mb")})
         rows.append({"n": s["n"], "stage": "**full cycle**", "rows": s["stages"]["ingest"]["rows"],
                      "seconds": s["full_cycle_seconds"]["median"],
                      "rows/s": s["stages"]["ingest"]["rows"] / s["full_cycle_seconds"]["median"],
-                     "peak RSS MiB": s["peak_rss_mb"]["median"]})
+                     "peak RSS MiB": s["peak_rss_mb"]["median"], "file-backed at peak MiB": None})
         if s.get("projected"):
             p = s["projected"]
             rows.append({"n": s["n"], "stage": f"full cycle, projected with {p['encoder']}", "rows": s["stages"]["ingest"]["rows"],
                          "seconds": p["full_cycle_seconds_real_encoder"],
-                         "rows/s": s["stages"]["ingest"]["rows"] / p["full_cycle_seconds_real_encoder"], "peak RSS MiB": None})
+                         "rows/s": s["stages"]["ingest"]["rows"] / p["full_cycle_seconds_real_encoder"], "peak RSS MiB": None,
+                         "file-backed at peak MiB": None})
     lines += [C.md_table(rows), ""]
     if res.get("growth"):
         step_cols = sorted({(st["from_n"], st["to_n"]) for v in res["growth"].values() for st in v.get("steps", [])})
@@ -375,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     res["settings"] = {"sizes": sizes, "runs": runs, "embedder": args.embedder, "standin_above": args.standin_above,
                        "embed_sample": args.embed_sample, "project_methods": methods or "defaults (pca, umap)",
                        "params_override": bench_params(methods, extra)}
-    res["data"] = (f"{C.NSMC.relative_to(C.ROOT.parent)} (first n lines; above {C.NSMC_ROWS:,} rows repeated with "
+    res["data"] = (f"{C.shown_path(C.NSMC)} (first n lines; above {C.NSMC_ROWS:,} rows repeated with "
                    f"light variation: copy c appends one of {C.VARIANT_SUFFIXES})")
     need_rate = args.embedder != "hash" and any(n > args.standin_above for n in sizes)
     if need_rate:

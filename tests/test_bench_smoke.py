@@ -67,6 +67,9 @@ def test_stage_results_cover_every_stage_with_rate_and_memory(smoke_dir):
     assert size["stages"]["ingest"]["rows"] == 500
     assert size["stages"]["cluster"]["rows"] <= size["stages"]["embed"]["rows"] <= 500
     assert size["peak_rss_mb"]["median"] >= max(i["peak_rss_mb"]["median"] for i in size["stages"].values()) - 1
+    for stage, item in size["stages"].items():  # the mapped-file share of each peak: part of it, never more
+        mapped = item["detail"]["peak_rss_file_backed_mb"]
+        assert 0 < mapped < item["peak_rss_mb"]["median"], stage
     full = size["full_cycle_seconds"]["median"]
     assert full == pytest.approx(sum(i["seconds"]["median"] for i in size["stages"].values()), rel=0.01)
 
@@ -166,3 +169,28 @@ def test_collect_summarizes_the_committed_results_with_their_extra_sizes(tmp_pat
     assert {"stages", "stages_100k", "incremental", "incremental_100k"} <= set(summary["results"])
     assert summary["results"]["stages_100k"]["json"].endswith("stages_100k.json")
     assert len(summary["targets"]) == 5
+
+
+def test_peak_sampler_splits_out_the_pages_of_a_mapped_file(tmp_path):
+    """A file mapped and read while the sampler runs shows in the peak's file-backed part; memory the
+    process allocates does not."""
+    import numpy as np
+
+    path = tmp_path / "vectors.bin"
+    size = 64 * 2**20
+    path.write_bytes(b"\1" * size)
+    with C.PeakSampler(interval=0.01) as mapped_probe:
+        m = np.memmap(path, dtype=np.uint8, mode="r")
+        assert int(m[::4096].sum()) == size // 4096  # touches every page
+        mapped_probe._sample()
+        del m
+    with C.PeakSampler(interval=0.01) as anon_probe:
+        a = np.ones(size, dtype=np.uint8)
+        anon_probe._sample()
+        del a
+    assert mapped_probe.peak_file_backed - anon_probe.peak_file_backed > 48
+
+
+def test_reports_show_data_outside_the_project_folder_by_its_full_path(tmp_path):
+    assert C.shown_path(C.ROOT.parent / "shared" / "data" / "x.jsonl") == str(Path("shared", "data", "x.jsonl"))
+    assert C.shown_path(tmp_path / "x.jsonl") == str(tmp_path / "x.jsonl")

@@ -114,6 +114,12 @@ def _dedup_config(dedup_params: dict[str, Any], model_id: str) -> str:
     return params_hash({"dedup": dedup_params, "model": model_id})
 
 
+# New MinHash signatures up to this size (uint32; 64 MiB is 131k rows at 128 permutations) are stored in a
+# thread while the searches run (a backfill saves the commit's seconds); larger ones, a full run at
+# scale, are stored first and freed, since the store's copies would otherwise add to the stage's peak
+SIGNATURES_STORED_IN_BACKGROUND_MAX_BYTES = 64 * 2**20
+
+
 def _signatures(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, num_perm: int, report: StageReport,
                 background: contextlib.ExitStack) -> tuple[np.ndarray, Callable[[], Any]]:
     """MinHash signatures of every row of ``rows`` (one matrix row each, in order), in the compact
@@ -121,9 +127,10 @@ def _signatures(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, num_perm: in
     at the stage's peak); cached in ``dedup_signatures`` (UINTEGER[]; UBIGINT[] in older warehouses)
     by (row hash, shingle config), so only row hashes never seen are hashed. The cached ones stream straight into the matrix.
 
-    The new signatures are stored in a thread (``warehouse.background_write``, entered on
-    ``background``) while the searches run: their commit often takes the checkpoint of the embed
-    stage's writes (0.3 s of a 10k-row backfill). Returns (signatures, ``wait``): ``wait()`` blocks
+    New signatures up to ``SIGNATURES_STORED_IN_BACKGROUND_MAX_BYTES`` are stored in a thread
+    (``warehouse.background_write``, entered on ``background``) while the searches run: their commit
+    often takes the checkpoint of the embed stage's writes (0.3 s of a 10k-row backfill); larger ones
+    are stored before this returns. Returns (signatures, ``wait``): ``wait()`` blocks
     until they are committed and copied to the flat files, and raises the store's error."""
     from purify_assets.core.dedup import compact_signatures, minhash_signatures
 
@@ -156,12 +163,29 @@ def _signatures(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, num_perm: in
         fresh = pl.DataFrame({"row_hash": unique["row_hash"], "config": [config] * len(unique),
                               "signature": pl.Series(compact).cast(pl.List(pl.UInt32))})
         keys = unique.select("row_hash")
+
         # one transaction (a cache keyed by (row hash, config): all of a batch of signatures or none),
         # then into the flat files, which the next run reads them from
-        wait = background.enter_context(wh.background_write(
-            con, lambda cur: wh.insert_frame(cur, "dedup_signatures", fresh), report.timings, "signatures_store",
-            after_commit=lambda cur: wh.cache_lists(cur, "dedup_signatures", "signature", keys, ["row_hash"], compact,
-                                                    np.uint32, "e.config = ?", [config])))
+        def store(cur: duckdb.DuckDBPyConnection) -> None:
+            wh.insert_frame(cur, "dedup_signatures", fresh)
+
+        def to_flat_files(cur: duckdb.DuckDBPyConnection) -> None:
+            wh.cache_lists(cur, "dedup_signatures", "signature", keys, ["row_hash"], compact, np.uint32,
+                           "e.config = ?", [config])
+
+        if compact.nbytes <= SIGNATURES_STORED_IN_BACKGROUND_MAX_BYTES:
+            report.values["signatures_store"] = "background"
+            wait = background.enter_context(wh.background_write(con, store, report.timings, "signatures_store",
+                                                                after_commit=to_flat_files))
+        else:
+            # a full run at scale: stored before the searches, so that neither the frame nor DuckDB's
+            # insert buffers stay alive beside the LSH index and the vectors (the stage's peak)
+            report.values["signatures_store"] = "before_search"
+            with report.timed("signatures_store"):
+                with wh.transaction(con):
+                    store(con)
+                to_flat_files(con)
+            del fresh
         # every missing row (copies of one hash included) takes its hash's new signature
         where = missing.select("_pos", "row_hash").join(unique.select("row_hash").with_row_index("_new"), on="row_hash",
                                                         how="left", maintain_order="left")

@@ -227,6 +227,31 @@ def test_dedup_fails_whole_when_storing_new_signatures_fails(home, monkeypatch):
         assert again.values["mode"] == "incremental" and again.counts["near.signatures_computed"] == 9
 
 
+@pytest.mark.parametrize("limit", [0, 64 * 2**20], ids=["before_search", "background"])
+def test_new_signatures_are_stored_before_the_search_when_large_and_beside_it_when_small(home, monkeypatch, limit):
+    from purify_assets.stages import cycle
+
+    emb = TrigramEmbedder()
+    dp = DEFAULT_PARAMS["dedup"]
+    rows = make_rows()
+    near = [dict(r, output=r["output"] + " Yes.") for r in rows[10:14]]
+    monkeypatch.setattr(cycle, "SIGNATURES_STORED_IN_BACKGROUND_MAX_BYTES", limit)
+    with wh.connect(home / "w.duckdb") as con:
+        load(con, home, "a.jsonl", rows + near, emb)
+        first = dedup_rows(con, dp, emb.model_id)
+        # 64 new signatures of 128 uint32 are 32 KiB: above a limit of 0, below 64 MiB
+        assert first.values["signatures_store"] == ("before_search" if limit == 0 else "background")
+        assert first.timings["signatures_store"] > 0
+        assert first.counts["near.members_beyond_representative"] >= 4
+        stored = wh.scalar(con, "SELECT count(*) FROM dedup_signatures")
+        assert stored == first.counts["near.signatures_computed"] == 64
+        sets = wh.frame(con, "SELECT set_id, kind, row_id, representative_row_id FROM dedup_sets ORDER BY ALL")
+        # either way the next run reads every signature back (flat files included) and finds the same sets
+        again = dedup_rows(con, dict(dp, incremental=False), emb.model_id)
+        assert again.counts["near.signatures_computed"] == 0 and "signatures_store" not in again.values
+        assert wh.frame(con, "SELECT set_id, kind, row_id, representative_row_id FROM dedup_sets ORDER BY ALL").equals(sets)
+
+
 def test_dedup_is_incremental_and_matches_a_full_run(home):
     emb = TrigramEmbedder()
     dp = DEFAULT_PARAMS["dedup"]
