@@ -191,6 +191,9 @@ def test_peak_sampler_splits_out_the_pages_of_a_mapped_file(tmp_path):
     assert mapped_probe.peak_file_backed - anon_probe.peak_file_backed > 48
 
 
-def test_reports_show_data_outside_the_project_folder_by_its_full_path(tmp_path):
+def test_reports_show_data_outside_the_project_folder_by_its_full_path():
     assert C.shown_path(C.ROOT.parent / "shared" / "data" / "x.jsonl") == str(Path("shared", "data", "x.jsonl"))
-    assert C.shown_path(tmp_path / "x.jsonl") == str(tmp_path / "x.jsonl")
+    elsewhere = Path("/proc/purify-elsewhere/x.jsonl")  # under no checkout's parent folder but /
+    if C.ROOT.parent == Path(C.ROOT.anchor):
+        pytest.skip("the project sits at the top of the file system: every path is under its parent")
+    assert C.shown_path(elsewhere) == str(elsewhere)
