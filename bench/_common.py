@@ -120,10 +120,6 @@ def _proc_rss_parts_kib(pid: str) -> tuple[int, int]:
     return total, mapped
 
 
-def _proc_rss_kib(pid: str) -> int:
-    return _proc_rss_parts_kib(pid)[0]
-
-
 def _descendants(pid: str) -> list[str]:
     """Live child processes of ``pid``, recursively (from /proc/<pid>/task/*/children)."""
     out: list[str] = []
@@ -186,19 +182,20 @@ class PeakSampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _sample(self) -> None:
+    def sample(self) -> None:
+        """Take one reading now (the thread takes one every ``interval``)."""
         total, mapped = rss_split_mb()
         if total > self.peak:
             self.peak, self.peak_file_backed = total, mapped
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._sample()
+            self.sample()
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "PeakSampler":
         self.peak = 0.0
-        self._sample()
+        self.sample()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         return self
@@ -207,7 +204,7 @@ class PeakSampler:
         self._stop.set()
         if self._thread:
             self._thread.join()
-        self._sample()
+        self.sample()
 
 
 @dataclass

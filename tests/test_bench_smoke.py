@@ -182,11 +182,11 @@ def test_peak_sampler_splits_out_the_pages_of_a_mapped_file(tmp_path):
     with C.PeakSampler(interval=0.01) as mapped_probe:
         m = np.memmap(path, dtype=np.uint8, mode="r")
         assert int(m[::4096].sum()) == size // 4096  # touches every page
-        mapped_probe._sample()
+        mapped_probe.sample()
         del m
     with C.PeakSampler(interval=0.01) as anon_probe:
         a = np.ones(size, dtype=np.uint8)
-        anon_probe._sample()
+        anon_probe.sample()
         del a
     assert mapped_probe.peak_file_backed - anon_probe.peak_file_backed > 48
 
