@@ -227,8 +227,11 @@ class StageTiming:
 
 @contextmanager
 def measured(stage: str, rows: int, out: list[StageTiming], detail: dict[str, Any] | None = None) -> Iterator[StageTiming]:
-    """Time a block and record its peak RSS into ``out``; ``rows`` may be updated on the yielded item."""
+    """Time a block and record its peak RSS into ``out``; ``rows`` may be updated on the yielded item.
+    ``detail`` gets the resident size when the block starts and once it is done: memory a stage
+    leaves behind shows as the next stage's start above this one's."""
     item = StageTiming(stage, rows, 0.0, 0.0, dict(detail or {}))
+    item.detail["rss_at_start_mb"] = round(rss_split_mb()[0], 1)
     with PeakSampler() as sampler:
         t0 = time.perf_counter()
         try:
@@ -238,6 +241,7 @@ def measured(stage: str, rows: int, out: list[StageTiming], detail: dict[str, An
     item.peak_rss_mb = sampler.peak
     if sampler.peak_file_backed == sampler.peak_file_backed:  # not nan
         item.detail["peak_rss_file_backed_mb"] = round(sampler.peak_file_backed, 1)
+    item.detail["rss_after_mb"] = round(rss_split_mb()[0], 1)
     out.append(item)
 
 

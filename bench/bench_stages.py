@@ -265,6 +265,12 @@ def growth(sizes: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _start_after(detail: dict[str, Any]) -> str | None:
+    """'start → after' resident MiB of a stage's last run, when recorded (older results lack it)."""
+    a, b = detail.get("rss_at_start_mb"), detail.get("rss_after_mb")
+    return None if a is None or b is None else f"{a:,.0f} → {b:,.0f}"
+
+
 def markdown(res: dict[str, Any]) -> str:
     lines = ["# Stage throughput and peak memory (NSMC)", "", C.machine_markdown(res), "",
              f"- data: {res['data']}",
@@ -287,17 +293,20 @@ def markdown(res: dict[str, Any]) -> str:
             rows.append({"n": s["n"], "stage": label, "rows": st["rows"], "seconds": st["seconds"]["median"],
                          "rows/s": st["rows_per_second"]["median"], "peak RSS MiB": st["peak_rss_mb"]["median"],
                          # pages of mapped files (vectors, libraries) the kernel can drop: of the last run
-                         "file-backed at peak MiB": st["detail"].get("peak_rss_file_backed_mb")})
+                         "file-backed at peak MiB": st["detail"].get("peak_rss_file_backed_mb"),
+                         # resident when the stage started and once it returned (its memory given back)
+                         "RSS start → after MiB": _start_after(st["detail"])})
         rows.append({"n": s["n"], "stage": "**full cycle**", "rows": s["stages"]["ingest"]["rows"],
                      "seconds": s["full_cycle_seconds"]["median"],
                      "rows/s": s["stages"]["ingest"]["rows"] / s["full_cycle_seconds"]["median"],
-                     "peak RSS MiB": s["peak_rss_mb"]["median"], "file-backed at peak MiB": None})
+                     "peak RSS MiB": s["peak_rss_mb"]["median"], "file-backed at peak MiB": None,
+                     "RSS start → after MiB": None})
         if s.get("projected"):
             p = s["projected"]
             rows.append({"n": s["n"], "stage": f"full cycle, projected with {p['encoder']}", "rows": s["stages"]["ingest"]["rows"],
                          "seconds": p["full_cycle_seconds_real_encoder"],
                          "rows/s": s["stages"]["ingest"]["rows"] / p["full_cycle_seconds_real_encoder"], "peak RSS MiB": None,
-                         "file-backed at peak MiB": None})
+                         "file-backed at peak MiB": None, "RSS start → after MiB": None})
     lines += [C.md_table(rows), ""]
     if res.get("growth"):
         step_cols = sorted({(st["from_n"], st["to_n"]) for v in res["growth"].values() for st in v.get("steps", [])})
