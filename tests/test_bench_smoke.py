@@ -197,3 +197,31 @@ def test_reports_show_data_outside_the_project_folder_by_its_full_path():
     if C.ROOT.parent == Path(C.ROOT.anchor):
         pytest.skip("the project sits at the top of the file system: every path is under its parent")
     assert C.shown_path(elsewhere) == str(elsewhere)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not hasattr(os, "fork"), reason="reads /proc")
+def test_a_child_that_has_not_called_exec_is_not_counted_twice():
+    # a forked child repeats its parent's resident pages until it calls exec: counting it doubled
+    # a stage's peak whenever a sample landed while a library started a helper program
+    import time
+
+    pid = os.fork()
+    if pid == 0:  # the child: no exec, just wait to be looked at
+        time.sleep(3)
+        os._exit(0)
+    try:
+        time.sleep(0.2)
+        assert C._not_exec_yet(str(pid))
+        assert str(pid) not in C._descendants(str(os.getpid()))
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    # a child that has called exec has memory of its own and counts
+    proc = subprocess.Popen(["sleep", "3"])
+    try:
+        time.sleep(0.2)
+        assert not C._not_exec_yet(str(proc.pid))
+        assert str(proc.pid) in C._descendants(str(os.getpid()))
+    finally:
+        proc.kill()
+        proc.wait()
