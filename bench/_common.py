@@ -199,14 +199,16 @@ class PeakSampler:
         self.interval = interval
         self.peak = 0.0
         self.peak_file_backed = 0.0  # the file-backed part of RSS at the peak sample
+        self.start = self.end = float("nan")  # RSS when the window opened and closed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def sample(self) -> None:
-        """Take one reading now (the thread takes one every ``interval``)."""
+    def sample(self) -> float:
+        """Take one reading now (the thread takes one every ``interval``); returns the RSS read."""
         total, mapped = rss_split_mb()
         if total > self.peak:
             self.peak, self.peak_file_backed = total, mapped
+        return total
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -215,7 +217,7 @@ class PeakSampler:
 
     def __enter__(self) -> "PeakSampler":
         self.peak = 0.0
-        self.sample()
+        self.start = self.sample()  # the resident size when the window opens
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         return self
@@ -224,7 +226,7 @@ class PeakSampler:
         self._stop.set()
         if self._thread:
             self._thread.join()
-        self.sample()
+        self.end = self.sample()  # and once it has closed
 
 
 @dataclass
@@ -251,7 +253,6 @@ def measured(stage: str, rows: int, out: list[StageTiming], detail: dict[str, An
     ``detail`` gets the resident size when the block starts and once it is done: memory a stage
     leaves behind shows as the next stage's start above this one's."""
     item = StageTiming(stage, rows, 0.0, 0.0, dict(detail or {}))
-    item.detail["rss_at_start_mb"] = round(rss_split_mb()[0], 1)
     with PeakSampler() as sampler:
         t0 = time.perf_counter()
         try:
@@ -261,7 +262,7 @@ def measured(stage: str, rows: int, out: list[StageTiming], detail: dict[str, An
     item.peak_rss_mb = sampler.peak
     if sampler.peak_file_backed == sampler.peak_file_backed:  # not nan
         item.detail["peak_rss_file_backed_mb"] = round(sampler.peak_file_backed, 1)
-    item.detail["rss_after_mb"] = round(rss_split_mb()[0], 1)
+    item.detail.update(rss_at_start_mb=round(sampler.start, 1), rss_after_mb=round(sampler.end, 1))
     out.append(item)
 
 

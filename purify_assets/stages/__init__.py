@@ -6,6 +6,7 @@ No Dagster import here either: the CLI, the benchmarks and the tests call these 
 
 from __future__ import annotations
 
+import gc
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,8 +36,6 @@ def releases_memory(stage: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(stage)
     def run(con: Any, *args: Any, **kwargs: Any) -> Any:
-        import gc
-
         froze = gc.get_freeze_count() == 0  # someone else's freeze (or an outer stage's) is left alone
         if froze:
             gc.freeze()
