@@ -50,6 +50,7 @@ import warnings
 import numpy as np
 
 from purify_assets.core.clustering import CHUNK  # rows per block of the passes over vectors
+from purify_assets.core.nearest import k_smallest
 
 _UMAP_COMPILE_CACHE = False  # numba's disk cache switched on for umap's functions in this process
 
@@ -199,7 +200,7 @@ def _neighbour_chunks(x_fit: np.ndarray, x_rest: np.ndarray, knn: int, rows: np.
             score = q @ x_fit.T
             score *= -2.0
             score += fit_sq  # |b|^2 - 2 a.b: the squared distance less |a|^2, smallest first
-            pick = np.argpartition(score, k - 1, axis=1)[:, :k] if k < len(x_fit) else \
+            pick = k_smallest(score, k) if k < len(x_fit) else \
                 np.broadcast_to(np.arange(k), (len(q), k))
             diff = x_fit[pick] - q[:, None, :]
             dist = np.sqrt(np.einsum("ijd,ijd->ij", diff, diff))
@@ -342,7 +343,7 @@ def umap_neighbours(x_fit: np.ndarray, k: int, metric: str = "cosine",
     2-D fit and ~17 s in the 3-D one; with this exact search (~8 s, blocks of rows against all
     rows through BLAS) the two fits took ~13 and ~14 s, and the graph is exact rather than
     approximate. ``metric`` is "cosine" (1 - cosine similarity) or "euclidean". Blocks hold at most
-    ``block_floats`` scores (32 MiB; with the partition's indices about 100 MiB at a time, which
+    ``block_floats`` scores (32 MiB, plus an 8 MiB mask while the k nearest are picked, which
     matters because the projection stage holds every vector while it runs: at 712k rows it is the
     stage with the highest peak).
     """
@@ -367,7 +368,7 @@ def umap_neighbours(x_fit: np.ndarray, k: int, metric: str = "cosine",
         rows = np.arange(e - s)
         score[rows, np.arange(s, e)] = np.inf  # each row is its own first neighbour, even among duplicates
         np.negative(score, out=score)  # in place: the k smallest are now the k nearest
-        part = np.argpartition(score, k - 1, axis=1)[:, :k]
+        part = k_smallest(score, k)
         top = -np.take_along_axis(score, part, axis=1)
         del score
         order = np.argsort(-top, axis=1, kind="stable")

@@ -1,0 +1,146 @@
+"""The re-run's cycle alone, replayed on one prepared warehouse: an A/B tool for the incremental target.
+
+    python bench/bench_rerun_cycle.py prepare --rows 100000 --home bench/.cache/rerun_100k
+    python bench/bench_rerun_cycle.py replay --home bench/.cache/rerun_100k --runs 5
+
+``prepare`` does what ``bench_incremental.py`` does up to the re-run's cycle: a full run over the
+first N NSMC rows (batch stages, then one cycle), then 10 % new rows landed, ingested, cleaned and
+embedded with the real encoder. It stops there and keeps the purify home.
+
+``replay`` then times the cycle (dedup, cluster, project, metrics, review, publish) on a fresh copy
+of that home, each run in a fresh process. Before its timed cycle, every process runs one small
+cycle on stand-in vectors, so that imports and numba compiles are paid as they are in the
+benchmark's process (which ran the full run first). The encoder's time is not in it: the cycle
+is the part of the re-run the code can still shorten, and the host's speed shifts too much
+between two 100k full runs to see a change of a few hundred milliseconds. Run the replay of two
+commits one after the other (``--python`` / ``git worktree``) and compare medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+from bench_stages import bench_params  # noqa: E402
+
+
+class ReopenedWorkspace(C.Workspace):
+    """A prepared purify home, with the parameters the full run used (version 1), as the
+    incremental benchmark's re-run uses them."""
+
+    def __init__(self, home: Path):  # noqa: D107 - no parameters are written, unlike Workspace
+        from purify_assets.core.params import ParamsStore
+        from purify_assets.settings import PurifyPaths
+
+        self.paths = PurifyPaths(Path(home)).ensure()
+        self.store = ParamsStore(self.paths.params)
+        self.params = self.store.get(1)
+
+
+def prepare(rows: int, new_fraction: float, home: Path) -> dict[str, Any]:
+    new = max(1, int(round(rows * new_fraction)))
+    if home.exists():
+        shutil.rmtree(home)
+    home.mkdir(parents=True)
+    embedder, info = C.make_bench_embedder("use")
+    ws = C.Workspace(home, bench_params(None))
+    timings: list[C.StageTiming] = []
+    t0 = time.perf_counter()
+    with ws.connect() as con:
+        C.run_batch(ws, con, C.nsmc_slice(rows), embedder, timings)
+        C.run_cycle(ws, con, embedder.model_id, timings)
+        full_s = time.perf_counter() - t0
+        C.run_batch(ws, con, C.nsmc_slice(new, start=rows), embedder, timings, prefix="new ")
+    if hasattr(embedder, "close"):
+        embedder.close()
+    out = {"rows": rows, "new_rows": new, "model_id": embedder.model_id, "full_run_s": round(full_s, 2),
+           "stages": [t.as_dict() for t in timings], "embed": info}
+    (home / "prepared.json").write_text(json.dumps(out, indent=1, default=str), "utf-8")
+    return out
+
+
+def _warm_up(work: Path) -> None:
+    """One small cycle on stand-in vectors: imports, numba compiles and first plots paid here."""
+    emb = C.HashProjectionEmbedder(dim=512)
+    ws = C.Workspace(work / "warm", bench_params(None))
+    with ws.connect() as con:
+        C.run_batch(ws, con, C.nsmc_slice(600), emb, [])
+        C.run_cycle(ws, con, emb.model_id, [])
+        C.run_batch(ws, con, C.nsmc_slice(60, start=600), emb, [])
+        C.run_cycle(ws, con, emb.model_id, [])
+
+
+def replay_once(home: Path) -> dict[str, Any]:
+    """In this process: warm up, copy ``home`` and time one cycle on the copy."""
+    prepared = json.loads((home / "prepared.json").read_text("utf-8"))
+    with tempfile.TemporaryDirectory(prefix="rerun_", dir=C.CACHE) as tmp:
+        work = Path(tmp)
+        _warm_up(work)
+        shutil.copytree(home, work / "home")
+        ws = ReopenedWorkspace(work / "home")
+        timings: list[C.StageTiming] = []
+        with ws.connect() as con:
+            t0 = time.perf_counter()
+            C.run_cycle(ws, con, prepared["model_id"], timings)
+            total = time.perf_counter() - t0
+    return {"cycle_s": round(total, 3), "stages": {t.stage: round(t.seconds, 3) for t in timings},
+            "steps": {t.stage: t.detail.get("steps") for t in timings if t.detail.get("steps")}}
+
+
+def replay(home: Path, runs: int, python: str) -> list[dict[str, Any]]:
+    out = []
+    for i in range(runs):
+        proc = subprocess.run([python, __file__, "_one", "--home", str(home)], capture_output=True, text=True,
+                              check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"replay run {i + 1} failed:\n{proc.stderr[-3000:]}")
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        out.append(res)
+        print(f"run {i + 1}/{runs}: cycle {res['cycle_s']:.2f} s  "
+              + "  ".join(f"{k} {v:.2f}" for k, v in res["stages"].items()), flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["prepare", "replay", "_one"])
+    ap.add_argument("--home", default=str(C.CACHE / "rerun_100k"))
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--new-fraction", type=float, default=0.10)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--python", default=sys.executable, help="interpreter of the code under test")
+    ap.add_argument("--out", default=None, help="write the replay's runs and medians here (JSON)")
+    args = ap.parse_args(argv)
+    home = Path(args.home).resolve()
+    if not C.have_data(C.NSMC):
+        print(C.skip_message("bench_rerun_cycle", C.NSMC))
+        return 0
+    C.CACHE.mkdir(parents=True, exist_ok=True)
+    if args.what == "prepare":
+        res = prepare(args.rows, args.new_fraction, home)
+        print(f"prepared {home}: {res['rows']:,} + {res['new_rows']:,} rows, full run {res['full_run_s']} s")
+    elif args.what == "_one":
+        print(json.dumps(replay_once(home)))
+    else:
+        runs = replay(home, args.runs, args.python)
+        stages = list(runs[0]["stages"])
+        med = {"cycle_s": C.median([r["cycle_s"] for r in runs]),
+               "stages": {s: round(C.median([r["stages"][s] for r in runs]), 3) for s in stages}}
+        print(f"median of {len(runs)}: cycle {med['cycle_s']:.2f} s  "
+              + "  ".join(f"{k} {v:.2f}" for k, v in med["stages"].items()))
+        if args.out:
+            Path(args.out).write_text(json.dumps({"runs": runs, "median": med}, indent=1), "utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
