@@ -1451,35 +1451,8 @@ def _write_exports(out: pl.DataFrame, folder: Path) -> None:
             job.result()
     with open(folder / "purified_all.jsonl", "wb") as whole:
         for _cluster, path in sorted(jsonl_files, key=lambda item: item[0]):
-            _append_file(path, whole)
-
-
-def _append_file(path: Path, dest: Any) -> None:
-    """The bytes of ``path`` appended to the open binary file ``dest``: copied inside the kernel
-    (``os.copy_file_range``) where the file system allows it, through Python's buffers otherwise. At
-    95k NSMC rows the 106 MB of cluster files took 0.14 s to copy through Python."""
-    with open(path, "rb") as src:
-        size = os.fstat(src.fileno()).st_size
-        copy_range = getattr(os, "copy_file_range", None)
-        if copy_range is not None and size:
-            dest.flush()
-            start = dest.tell()
-            try:
-                done = 0
-                while done < size:
-                    sent = copy_range(src.fileno(), dest.fileno(), size - done)
-                    if sent == 0:
-                        break
-                    done += sent
-                dest.seek(0, os.SEEK_END)  # the kernel moved the descriptor's offset, not Python's view of it
-                if done == size:
-                    return
-                src.seek(done)
-            except OSError:  # not supported here (another file system, an old kernel): copy it ourselves
-                src.seek(0)
-                dest.seek(start)
-                dest.truncate(start)
-        shutil.copyfileobj(src, dest, 1 << 20)
+            with open(path, "rb") as part_file:
+                shutil.copyfileobj(part_file, whole, 1 << 20)
 
 
 @releases_memory

@@ -7,7 +7,6 @@ real backends are tested in tests/core/test_embedders.py and end to end in tests
 
 import hashlib
 import json
-import os
 import re
 from contextlib import contextmanager
 
@@ -627,33 +626,3 @@ def test_embed_metadata_names_the_encoder_worker_processes(home):
         _, plain = load(con, home, "a.jsonl", make_rows(n_topics=2), TrigramEmbedder())
         _, parallel = load(con, home, "b.jsonl", make_rows(offset=50, n_topics=2), Workers())
     assert "encoder_workers" not in plain.values and parallel.values["encoder_workers"] == 2
-
-
-def test_append_file_concatenates_in_the_kernel_and_falls_back_cleanly(tmp_path, monkeypatch):
-    from purify_assets.stages import cycle as cy
-
-    parts = []
-    for i, body in enumerate([b"", "첫째 줄\n".encode() * 5000, b'{"a": 1}\n' * 3]):
-        parts.append(tmp_path / f"p{i}.jsonl")
-        parts[-1].write_bytes(body)
-    expected = b"".join(p.read_bytes() for p in parts)
-    with open(tmp_path / "all.jsonl", "wb") as whole:
-        whole.write(b"head\n")  # buffered, not yet flushed: must land before the copied bytes
-        for p in parts:
-            cy._append_file(p, whole)
-        whole.write(b"tail\n")
-    assert (tmp_path / "all.jsonl").read_bytes() == b"head\n" + expected + b"tail\n"
-
-    real = os.copy_file_range
-
-    def half_then_fail(src, dst, count, *args):
-        if count > 10:
-            real(src, dst, count // 2)  # some bytes reach the file, then the file system refuses
-        raise OSError(95, "Operation not supported")
-
-    monkeypatch.setattr(os, "copy_file_range", half_then_fail)
-    with open(tmp_path / "fallback.jsonl", "wb") as whole:
-        whole.write(b"head\n")
-        for p in parts:
-            cy._append_file(p, whole)
-    assert (tmp_path / "fallback.jsonl").read_bytes() == b"head\n" + expected
