@@ -2,6 +2,7 @@
 
     python bench/bench_rerun_cycle.py prepare --rows 100000 --home bench/.cache/rerun_100k
     python bench/bench_rerun_cycle.py replay --home bench/.cache/rerun_100k --runs 5
+    python bench/bench_rerun_cycle.py prepare --rows 400 --embedder hash --project-methods pca   # seconds
 
 ``prepare`` does what ``bench_incremental.py`` does up to the re-run's cycle: a full run over the
 first N NSMC rows (batch stages, then one cycle), then 10 % new rows landed, ingested, cleaned and
@@ -46,13 +47,15 @@ class ReopenedWorkspace(C.Workspace):
         self.params = self.store.get(1)
 
 
-def prepare(rows: int, new_fraction: float, home: Path) -> dict[str, Any]:
+def prepare(rows: int, new_fraction: float, home: Path, embedder_name: str = "use",
+            methods: list[str] | None = None) -> dict[str, Any]:
     new = max(1, int(round(rows * new_fraction)))
     if home.exists():
         shutil.rmtree(home)
     home.mkdir(parents=True)
-    embedder, info = C.make_bench_embedder("use")
-    ws = C.Workspace(home, bench_params(None))
+    embedder, info = C.make_bench_embedder(embedder_name)
+    dim = len(embedder.embed(["x"])[0])
+    ws = C.Workspace(home, bench_params(methods))
     timings: list[C.StageTiming] = []
     t0 = time.perf_counter()
     with ws.connect() as con:
@@ -62,16 +65,17 @@ def prepare(rows: int, new_fraction: float, home: Path) -> dict[str, Any]:
         C.run_batch(ws, con, C.nsmc_slice(new, start=rows), embedder, timings, prefix="new ")
     if hasattr(embedder, "close"):
         embedder.close()
-    out = {"rows": rows, "new_rows": new, "model_id": embedder.model_id, "full_run_s": round(full_s, 2),
+    out = {"rows": rows, "new_rows": new, "model_id": embedder.model_id, "dim": dim,
+           "project_methods": methods, "full_run_s": round(full_s, 2),
            "stages": [t.as_dict() for t in timings], "embed": info}
     (home / "prepared.json").write_text(json.dumps(out, indent=1, default=str), "utf-8")
     return out
 
 
-def _warm_up(work: Path) -> None:
+def _warm_up(work: Path, dim: int, methods: list[str] | None) -> None:
     """One small cycle on stand-in vectors: imports, numba compiles and first plots paid here."""
-    emb = C.HashProjectionEmbedder(dim=512)
-    ws = C.Workspace(work / "warm", bench_params(None))
+    emb = C.HashProjectionEmbedder(dim=dim)
+    ws = C.Workspace(work / "warm", bench_params(methods))
     with ws.connect() as con:
         C.run_batch(ws, con, C.nsmc_slice(600), emb, [])
         C.run_cycle(ws, con, emb.model_id, [])
@@ -84,7 +88,7 @@ def replay_once(home: Path) -> dict[str, Any]:
     prepared = json.loads((home / "prepared.json").read_text("utf-8"))
     with tempfile.TemporaryDirectory(prefix="rerun_", dir=C.CACHE) as tmp:
         work = Path(tmp)
-        _warm_up(work)
+        _warm_up(work, int(prepared.get("dim", 512)), prepared.get("project_methods"))
         shutil.copytree(home, work / "home")
         ws = ReopenedWorkspace(work / "home")
         timings: list[C.StageTiming] = []
@@ -116,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--home", default=str(C.CACHE / "rerun_100k"))
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--new-fraction", type=float, default=0.10)
+    ap.add_argument("--embedder", default="use", choices=["use", "onnx", "onnx-fp32", "st", "hash"],
+                    help="encoder of the prepared home (hash: stand-in vectors, for a smoke run)")
+    ap.add_argument("--project-methods", default=None, help="override project.methods (default: pca, umap)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--python", default=sys.executable, help="interpreter of the code under test")
     ap.add_argument("--out", default=None, help="write the replay's runs and medians here (JSON)")
@@ -126,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     C.CACHE.mkdir(parents=True, exist_ok=True)
     if args.what == "prepare":
-        res = prepare(args.rows, args.new_fraction, home)
+        methods = args.project_methods.split(",") if args.project_methods else None
+        res = prepare(args.rows, args.new_fraction, home, args.embedder, methods)
         print(f"prepared {home}: {res['rows']:,} + {res['new_rows']:,} rows, full run {res['full_run_s']} s")
     elif args.what == "_one":
         print(json.dumps(replay_once(home)))

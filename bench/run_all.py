@@ -198,7 +198,7 @@ def targets(results: dict[str, dict[str, Any] | None]) -> list[dict[str, Any]]:
         rows.append({"target": "clustering >= 3x faster than BERTopic default at >= ARI", "measured": "not run",
                      "status": "not run", "basis": "needs `pip install bertopic`"})
     # 4. incremental <= 10 %, at every size measured (bench_incremental --rows N --out incremental_*)
-    incs = [r for r in (inc, results.get("incremental_100k")) if r]
+    incs = [r for r in [inc] + [v for k, v in sorted(results.items()) if k.startswith("incremental_")] if r]
     runs = sorted((r for r in incs if not is_smoke(r)), key=lambda r: r["settings"]["rows"])
     if incs and not runs:
         rows.append({"target": "incremental batch (+10 % rows) <= 10 % of a full run", "measured": "smoke run only",
@@ -357,9 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     ran = [done[name] for name in names]
     paths = {b["name"]: b["json"] for b in ran if b.get("json") and b["status"] == "ok"}
     results = {name: _load(Path(path)) for name, path in paths.items()}
-    # results files of more sizes beside a benchmark's standard one: the larger incremental run, and
+    # results files of more sizes beside a benchmark's standard one: the larger incremental runs, and
     # later runs of single stage sizes (stages_100k, stages_712k ...); each target takes the newest
-    extras = [("incremental_100k", "incremental")] + [(f.stem, "stages") for f in sorted(out_dir.glob("stages_*.json"))]
+    extras = [(f.stem, kind) for kind in ("incremental", "stages") for f in sorted(out_dir.glob(f"{kind}_*.json"))]
     for extra, beside in extras:
         if beside in results and (out_dir / f"{extra}.json").exists():
             results[extra] = _load(out_dir / f"{extra}.json")

@@ -135,6 +135,12 @@ def test_targets_met_and_missed_from_results():
                if r["target"].startswith("incremental"))
     assert row["status"] == "met at 10,000; missed at 100,000"
     assert row["measured"].startswith("9.0% at 10,000 + 1,000 rows") and "13.0% at 100,000 + 10,000 rows" in row["measured"]
+    # any incremental_* file counts, reported in order of size
+    larger = dict(inc, fraction={"median": 0.144, "runs": 1}, settings={"rows": 600000, "new_rows": 60000})
+    row = next(r for r in run_all.targets({"stages": stages, "incremental": small, "incremental_600k": larger,
+                                           "incremental_100k": large}) if r["target"].startswith("incremental"))
+    assert row["status"] == "met at 10,000; missed at 100,000, 600,000"
+    assert row["measured"].index("100,000 + 10,000") < row["measured"].index("14.4% at 600,000 + 60,000")
     # a later run of the 100k size alone (stages_100k) decides the 100k target, an earlier one does not
     slow = {"sizes": [size(100_000, 320.0, 1000.0)], "generated_utc": "2026-12-02 10:00:00"}
     fast = {"sizes": [size(100_000, 240.0, 1000.0)], "generated_utc": "2026-12-02 12:00:00"}
@@ -157,7 +163,7 @@ def test_targets_met_and_missed_from_results():
 
 def test_collect_summarizes_the_committed_results_with_their_extra_sizes(tmp_path):
     """``--collect`` over the results files in the repository, including the extra-size files
-    (incremental_100k, stages_100k) that are not benchmarks of their own."""
+    (incremental_100k, incremental_600k, stages_100k) that are not benchmarks of their own."""
     if not (DATA / "nsmc" / "nsmc_raw_reviews.jsonl").exists():
         pytest.skip(f"shared data absent ({DATA})")
     for path in (BENCH / "results").glob("*.json"):
@@ -166,7 +172,7 @@ def test_collect_summarizes_the_committed_results_with_their_extra_sizes(tmp_pat
     proc = _run(["--collect", "--out-dir", str(tmp_path)])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text("utf-8"))
-    assert {"stages", "stages_100k", "incremental", "incremental_100k"} <= set(summary["results"])
+    assert {"stages", "stages_100k", "incremental", "incremental_100k", "incremental_600k"} <= set(summary["results"])
     assert summary["results"]["stages_100k"]["json"].endswith("stages_100k.json")
     assert len(summary["targets"]) == 5
 
@@ -225,3 +231,28 @@ def test_a_child_that_has_not_called_exec_is_not_counted_twice():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_rerun_cycle_replay_times_every_cycle_stage_on_a_prepared_home(tmp_path):
+    if not (DATA / "nsmc" / "nsmc_raw_reviews.jsonl").exists():
+        pytest.skip(f"shared data absent ({DATA}); the replay prepares its home from NSMC")
+    script, home, out = BENCH / "bench_rerun_cycle.py", tmp_path / "home", tmp_path / "replay.json"
+    prep = subprocess.run([sys.executable, str(script), "prepare", "--rows", "300", "--embedder", "hash",
+                           "--project-methods", "pca", "--home", str(home)], capture_output=True, text=True,
+                          timeout=300, cwd=str(ROOT))
+    assert prep.returncode == 0, prep.stderr[-3000:]
+    prepared = json.loads((home / "prepared.json").read_text("utf-8"))
+    assert prepared["rows"] == 300 and prepared["new_rows"] == 30 and prepared["project_methods"] == ["pca"]
+    assert [s["stage"] for s in prepared["stages"]][-3:] == ["new ingest", "new clean", "new embed"]
+    rep = subprocess.run([sys.executable, str(script), "replay", "--home", str(home), "--runs", "1", "--out", str(out)],
+                         capture_output=True, text=True, timeout=300, cwd=str(ROOT))
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    res = json.loads(out.read_text("utf-8"))
+    (run,) = res["runs"]
+    assert list(run["stages"]) == ["dedup", "cluster", "project", "metrics", "review", "publish"]
+    assert all(v > 0 for v in run["stages"].values()) and run["cycle_s"] >= sum(run["stages"].values()) * 0.99
+    # the replay ran on a copy: the prepared home still has no second cycle
+    import duckdb
+
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT max(cycle) FROM cycles").fetchall()[0][0] == 1
