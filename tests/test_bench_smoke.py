@@ -78,7 +78,10 @@ def test_incremental_and_bertopic_results(smoke_dir):
     inc = json.loads((smoke_dir / "incremental.json").read_text("utf-8"))
     assert inc["settings"]["new_rows"] == 50
     f = inc["fraction"]["median"]
-    assert 0 < f == pytest.approx(inc["incremental_seconds"]["median"] / inc["full_seconds"]["median"], rel=1e-3)
+    # the fraction is stored to 4 decimals and the seconds to 3: the tolerance is what those roundings allow
+    # (a fixed relative one failed now and then on small fractions)
+    full_s, incr_s = inc["full_seconds"]["median"], inc["incremental_seconds"]["median"]
+    assert 0 < f == pytest.approx(incr_s / full_s, abs=5e-5 + 5e-4 * (1 + incr_s / full_s) / full_s + 1e-9)
     assert inc["target"]["met"] == (f <= 0.10)
     assert inc["dominant_stage"] in STAGES
     bt = json.loads((smoke_dir / "bertopic.json").read_text("utf-8"))
