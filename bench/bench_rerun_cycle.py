@@ -13,8 +13,11 @@ of that home, each run in a fresh process. Before its timed cycle, every process
 cycle on stand-in vectors, so that imports and numba compiles are paid as they are in the
 benchmark's process (which ran the full run first). The encoder's time is not in it: the cycle
 is the part of the re-run the code can still shorten, and the host's speed shifts too much
-between two 100k full runs to see a change of a few hundred milliseconds. Run the replay of two
-commits one after the other (``--python`` / ``git worktree``) and compare medians.
+between two 100k full runs to see a change of a few hundred milliseconds. To compare two commits,
+check the older one out with ``git worktree`` and alternate the replays: each run's process imports
+``purify_assets`` as its interpreter finds it, so run the worktree's copy of this script with
+``PYTHONPATH`` set to the worktree (or give ``--python`` an interpreter that has it installed), and
+compare medians.
 """
 
 from __future__ import annotations
