@@ -662,7 +662,7 @@ def run_cycle(ws: Workspace, con: Any, model_id: str, timings: list[StageTiming]
     def publish(t: StageTiming) -> None:
         rep = cy.publish_dataset(con, ws.paths.exports, ws.paths.plots)
         t.rows = state["published"] = rep.counts["rows_published"]
-        t.detail.update(published=rep.counts["rows_published"])
+        t.detail.update(published=rep.counts["rows_published"], steps=steps(rep))
 
     _stage(prefix + "dedup", n_clean, timings, dedup, failed)
     _stage(prefix + "cluster", state["kept"], timings, cluster, failed)

@@ -315,7 +315,7 @@ def test_review_flags_send_rows_back_to_cleaning(home):
 def test_a_cycle_publishes_exports_and_a_card(home):
     with clustered(home) as (con, emb, store, pv):
         metrics = measure_clusters(con, pv.params["measure"], emb.model_id)
-        assert metrics.counts["clusters"] == 3 and "pca_2d" in metrics.images
+        assert metrics.counts["clusters"] == 3 and metrics.images["cluster_sizes"][:4] == b"\x89PNG"
         assert 0.0 <= metrics.values["stability"] <= 1.0  # from the k sweep at the current k
         review = review_clusters(con, pv, store, emb.model_id, home / "cache")
         assert review.counts["clusters_reviewed"] == 3
