@@ -833,7 +833,8 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
                     path = plots_dir / f"cycle{cycle}_{method}_3d.html"
                     path.write_text(html, "utf-8")
                     report.files[f"{method}_3d_html"] = str(path)
-        stored()  # the write's error, if any, is the stage's
+        with report.timed("store_wait"):  # how long the plots left the store to finish alone
+            stored()  # the write's error, if any, is the stage's
     report.counts.update(cycle=cycle, rows=n, projections=len(frames), fit_cycle=fit_cycle, rows_at_fit=rows_at_fit)
     report.values.update(mode="reused" if plan["reuse"] else "refit", refit_reason="" if plan["reuse"] else plan["reason"],
                          reuse_reason=plan["reason"] if plan["reuse"] else "", config_hash=config)

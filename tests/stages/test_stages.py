@@ -549,6 +549,31 @@ def test_response_vectors_come_from_the_cache_when_a_response_was_embedded_befor
         assert report.counts["embedded"] == 6  # the new instructions themselves were never seen
 
 
+def test_cached_vectors_are_copied_from_either_role_unchanged(home):
+    """A text embedded before, as an instruction or as a response, is not embedded again: its vector
+    is copied from whichever table holds it, bit for bit."""
+    emb = TrigramEmbedder()
+    first = [{"instruction": f"Describe colour number {i} in one word.", "output": f"Answer {i}: a shade of blue."}
+             for i in range(8)]
+    with wh.connect(home / "w.duckdb") as con:
+        load(con, home, "a.jsonl", first, emb)
+        # the new batch asks as instructions what the first batch answered, and asks two old questions again
+        second = [{"instruction": r["output"], "output": "Yes."} for r in first] + \
+                 [{"instruction": r["instruction"], "output": "Blue."} for r in first[:2]]
+        counted = TrigramEmbedder()
+        key2, report = load(con, home, "b.jsonl", second, counted)
+        assert report.counts["rows_copied_from_cache"] == 10 and report.counts["embedded"] == 0
+        copied = wh.frame(con, "SELECT text_hash, vector FROM embeddings WHERE batch_id = ?", [key2])
+        before = wh.frame(con, "SELECT text_hash, vector FROM embeddings WHERE batch_id <> ? "
+                               "UNION ALL SELECT text_hash, vector FROM response_embeddings WHERE batch_id <> ?", [key2, key2])
+        pairs = copied.join(before.unique("text_hash"), on="text_hash", suffix="_before")
+        assert len(pairs) == 10
+        np.testing.assert_array_equal(np.array(pairs["vector"].to_list(), dtype=np.float32),
+                                      np.array(pairs["vector_before"].to_list(), dtype=np.float32))
+        # only the two answers never seen before ("Yes." and "Blue.") went to the model
+        assert counted.texts_embedded == report.counts["response.embedded"] == 2
+
+
 def test_a_column_the_first_record_omits_is_still_mapped(home):
     rows = [{"instruction": "Name a colour.", "output": "Blue."},
             {"instruction": "Summarize this.", "input": "The river flooded the town.", "output": "A flood."}]
