@@ -377,12 +377,14 @@ def _embed_into(con: duckdb.DuckDBPyConnection, batch_id: str, table: str, wante
 
 @releases_memory
 def embed_batch(con: duckdb.DuckDBPyConnection, batch_id: str, embedder: Any, chunk_texts: int = 16_384,
-                log: Log = _no_log, *, response_vectors: bool = True, chunk_rows: int = 50_000) -> StageReport:
+                log: Log = _no_log, *, response_vectors: bool = True,
+                chunk_rows: int = wh.ROW_GROUP_ROWS) -> StageReport:
     """Vectors for one batch: the composed row text of every row (``embeddings``) and, with
     ``response_vectors``, the response of every row that has one (``response_embeddings``; the
     conflict check compares responses by meaning). Texts this model already embedded, in any batch
     and in either role, come from the warehouse instead of the model. Written ``chunk_rows`` rows at
-    a time (see ``_embed_into``); switching ``response_vectors`` off deletes the batch's response
+    a time (see ``_embed_into``; by default one DuckDB row group, ``warehouse.ROW_GROUP_ROWS``, about
+    250 MB of 512-float vectors); switching ``response_vectors`` off deletes the batch's response
     vectors of this model."""
     report = StageReport()
     model_id = embedder.model_id
