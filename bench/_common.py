@@ -585,21 +585,26 @@ class Workspace:
         return wh.connect(self.paths.warehouse)
 
 
-def run_batch(ws: Workspace, con: Any, file: Path, embedder: Any, timings: list[StageTiming],
-              prefix: str = "") -> str:
-    """Land ``file`` and run ingest, clean and embed on it; returns the batch key."""
+def run_batch(ws: Workspace, file: Path, embedder: Any, timings: list[StageTiming], prefix: str = "") -> str:
+    """Land ``file`` and run ingest, clean and embed on it; returns the batch key.
+
+    Each stage opens the warehouse and closes it inside its timing, as its Dagster asset does
+    (``with warehouse.connect() as con``): closing the last connection checkpoints what the stage
+    wrote, so every stage pays for its own writes. One connection held across the stages would move
+    that cost to whichever later stage commits next (the full run's last writes showed up in the
+    re-run's ingest: 0.63 s against 0.16 s at 100k rows)."""
     from purify_assets.core.landing import archive_file
     from purify_assets.stages.batch import clean_batch, embed_batch, ingest_batch
 
     params = ws.params.params
     batch, _ = archive_file(file, ws.paths.archive)
-    with measured(prefix + "ingest", 0, timings) as t:
+    with measured(prefix + "ingest", 0, timings) as t, ws.connect() as con:
         rep = ingest_batch(con, batch)
         t.rows = rep.counts["rows"]
-    with measured(prefix + "clean", t.rows, timings) as t:
+    with measured(prefix + "clean", t.rows, timings) as t, ws.connect() as con:
         rep = clean_batch(con, batch.batch_key, params.get("clean") or {}, params["embed"].get("text_template", "instruction"))
         t.detail.update(kept=rep.counts["kept"], rejected=rep.counts["rejected"])
-    with measured(prefix + "embed", rep.counts["kept"], timings) as t:
+    with measured(prefix + "embed", rep.counts["kept"], timings) as t, ws.connect() as con:
         rep = embed_batch(con, batch.batch_key, embedder)
         t.detail.update(embedded=rep.counts["embedded"], cache_hits=rep.counts["cache_hits"],
                         model_id=embedder.model_id, texts_per_second=rep.values.get("rows_per_second"),
@@ -607,13 +612,15 @@ def run_batch(ws: Workspace, con: Any, file: Path, embedder: Any, timings: list[
     return batch.batch_key
 
 
-def _stage(name: str, rows: int, timings: list[StageTiming], fn: Callable[[StageTiming], None],
+def _stage(ws: Workspace, name: str, rows: int, timings: list[StageTiming], fn: Callable[[Any, StageTiming], None],
            failures: list[str]) -> StageTiming:
-    """Run one stage under ``measured``; a failure is recorded (error in ``detail``), not raised, so
-    the stages after it still get measured on whatever the warehouse holds."""
+    """Run one stage under ``measured`` on a connection of its own, opened and closed inside the
+    timing (see ``run_batch``); a failure is recorded (error in ``detail``), not raised, so the
+    stages after it still get measured on whatever the warehouse holds."""
     with measured(name, rows, timings) as t:
         try:
-            fn(t)
+            with ws.connect() as con:
+                fn(con, t)
         except Exception as exc:  # noqa: BLE001 - a benchmark reports failures, it does not hide them
             t.detail["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
             failures.append(name)
@@ -621,8 +628,9 @@ def _stage(name: str, rows: int, timings: list[StageTiming], fn: Callable[[Stage
     return t
 
 
-def run_cycle(ws: Workspace, con: Any, model_id: str, timings: list[StageTiming], prefix: str = "") -> dict[str, Any]:
-    """One cycle over every kept row: dedup, cluster, project, metrics, review, publish.
+def run_cycle(ws: Workspace, model_id: str, timings: list[StageTiming], prefix: str = "") -> dict[str, Any]:
+    """One cycle over every kept row: dedup, cluster, project, metrics, review, publish, each stage
+    on a connection of its own (see ``run_batch``).
 
     A stage that raises is recorded with its error (and the returned ``failed`` list) and the
     cycle goes on, as far as the later stages can."""
@@ -631,42 +639,43 @@ def run_cycle(ws: Workspace, con: Any, model_id: str, timings: list[StageTiming]
 
     params = ws.params.params
     failed: list[str] = []
-    n_clean = int(wh.scalar(con, "SELECT count(*) FROM clean_rows"))
+    with ws.connect() as con:
+        n_clean = int(wh.scalar(con, "SELECT count(*) FROM clean_rows"))
     state: dict[str, Any] = {"kept": n_clean}
 
     def steps(rep: Any) -> dict[str, float]:
         return {k: round(v, 2) for k, v in rep.timings.items()}
 
-    def dedup(t: StageTiming) -> None:
+    def dedup(con: Any, t: StageTiming) -> None:
         rep = cy.dedup_rows(con, params.get("dedup") or {}, model_id)
         state["kept"] = rep.counts.get("rows_kept", n_clean)
         t.detail.update(removed=rep.counts.get("rows_removed", 0), mode=rep.values.get("mode"), steps=steps(rep))
 
-    def cluster(t: StageTiming) -> None:
+    def cluster(con: Any, t: StageTiming) -> None:
         rep = cy.cluster_rows(con, ws.params, model_id)
         t.rows = state["n"] = rep.counts["rows_clustered"]
         t.detail.update(clusters=rep.counts["clusters"], steps=steps(rep))
 
-    def project(t: StageTiming) -> None:
+    def project(con: Any, t: StageTiming) -> None:
         rep = cy.project_rows(con, params.get("project") or {}, model_id, ws.paths.plots)
         t.detail.update(steps=steps(rep))
 
-    def metrics(t: StageTiming) -> None:
+    def metrics(con: Any, t: StageTiming) -> None:
         rep = cy.measure_clusters(con, params.get("measure") or {}, model_id)
         t.detail.update(silhouette=rep.values.get("silhouette"), steps=steps(rep))
 
-    def review(t: StageTiming) -> None:
+    def review(con: Any, t: StageTiming) -> None:
         rep = cy.review_clusters(con, ws.params, ws.store, model_id, ws.paths.cache / "reviews")
         t.detail.update(reviewer=rep.values.get("reviewer"), steps=steps(rep))
 
-    def publish(t: StageTiming) -> None:
+    def publish(con: Any, t: StageTiming) -> None:
         rep = cy.publish_dataset(con, ws.paths.exports, ws.paths.plots)
         t.rows = state["published"] = rep.counts["rows_published"]
         t.detail.update(published=rep.counts["rows_published"], steps=steps(rep))
 
-    _stage(prefix + "dedup", n_clean, timings, dedup, failed)
-    _stage(prefix + "cluster", state["kept"], timings, cluster, failed)
+    _stage(ws, prefix + "dedup", n_clean, timings, dedup, failed)
+    _stage(ws, prefix + "cluster", state["kept"], timings, cluster, failed)
     n = state.get("n", state["kept"])
     for name, fn in (("project", project), ("metrics", metrics), ("review", review), ("publish", publish)):
-        _stage(prefix + name, n, timings, fn, failed)
+        _stage(ws, prefix + name, n, timings, fn, failed)
     return {"rows_clustered": n, "rows_published": state.get("published", 0), "failed": failed}

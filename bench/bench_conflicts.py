@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         timings: list[C.StageTiming] = []
         dp = dict(DEFAULT_PARAMS["dedup"])
         results = []
+        C.run_batch(ws, src, embedder, timings)
         with ws.connect() as con:
-            C.run_batch(ws, con, src, embedder, timings)
             n = int(wh.scalar(con, "SELECT count(*) FROM clean_rows"))
             n_resp = int(wh.scalar(con, "SELECT count(*) FROM response_embeddings"))
             pairs = answer_pairs(con, embedder.model_id)

@@ -61,11 +61,10 @@ def prepare(rows: int, new_fraction: float, home: Path, embedder_name: str = "us
     ws = C.Workspace(home, bench_params(methods))
     timings: list[C.StageTiming] = []
     t0 = time.perf_counter()
-    with ws.connect() as con:
-        C.run_batch(ws, con, C.nsmc_slice(rows), embedder, timings)
-        C.run_cycle(ws, con, embedder.model_id, timings)
-        full_s = time.perf_counter() - t0
-        C.run_batch(ws, con, C.nsmc_slice(new, start=rows), embedder, timings, prefix="new ")
+    C.run_batch(ws, C.nsmc_slice(rows), embedder, timings)
+    C.run_cycle(ws, embedder.model_id, timings)
+    full_s = time.perf_counter() - t0
+    C.run_batch(ws, C.nsmc_slice(new, start=rows), embedder, timings, prefix="new ")
     if hasattr(embedder, "close"):
         embedder.close()
     out = {"rows": rows, "new_rows": new, "model_id": embedder.model_id, "dim": dim,
@@ -79,11 +78,10 @@ def _warm_up(work: Path, dim: int, methods: list[str] | None) -> None:
     """One small cycle on stand-in vectors: imports, numba compiles and first plots paid here."""
     emb = C.HashProjectionEmbedder(dim=dim)
     ws = C.Workspace(work / "warm", bench_params(methods))
-    with ws.connect() as con:
-        C.run_batch(ws, con, C.nsmc_slice(600), emb, [])
-        C.run_cycle(ws, con, emb.model_id, [])
-        C.run_batch(ws, con, C.nsmc_slice(60, start=600), emb, [])
-        C.run_cycle(ws, con, emb.model_id, [])
+    C.run_batch(ws, C.nsmc_slice(600), emb, [])
+    C.run_cycle(ws, emb.model_id, [])
+    C.run_batch(ws, C.nsmc_slice(60, start=600), emb, [])
+    C.run_cycle(ws, emb.model_id, [])
 
 
 def replay_once(home: Path) -> dict[str, Any]:
@@ -95,10 +93,9 @@ def replay_once(home: Path) -> dict[str, Any]:
         shutil.copytree(home, work / "home")
         ws = ReopenedWorkspace(work / "home")
         timings: list[C.StageTiming] = []
-        with ws.connect() as con:
-            t0 = time.perf_counter()
-            C.run_cycle(ws, con, prepared["model_id"], timings)
-            total = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        C.run_cycle(ws, prepared["model_id"], timings)
+        total = time.perf_counter() - t0
     return {"cycle_s": round(total, 3), "stages": {t.stage: round(t.seconds, 3) for t in timings},
             "steps": {t.stage: t.detail.get("steps") for t in timings if t.detail.get("steps")}}
 

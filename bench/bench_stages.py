@@ -98,9 +98,8 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
     try:
         ws = C.Workspace(home, bench_params(cfg.get("project_methods"), cfg.get("params")))
         t0 = time.perf_counter()
-        with ws.connect() as con:
-            C.run_batch(ws, con, Path(cfg["file"]), embedder, timings)
-            cycle = C.run_cycle(ws, con, embedder.model_id, timings)
+        C.run_batch(ws, Path(cfg["file"]), embedder, timings)
+        cycle = C.run_cycle(ws, embedder.model_id, timings)
         wall = time.perf_counter() - t0
         warehouse_mb = ws.paths.warehouse.stat().st_size / 2**20
     finally:
