@@ -126,6 +126,38 @@ def test_a_few_new_rows_keep_the_projection_and_are_placed_onto_it(home):
         assert cy.coords(2).equals(after)
 
 
+def test_a_kept_projection_takes_the_new_labels_and_loses_the_rows_that_left(home):
+    from purify_assets.core.params import set_path
+
+    with wh.connect(home / "w.duckdb") as con:
+        cy = Cycle(home, con)
+        rows = make_rows()
+        cy.land(rows)
+        cy.run(with_measure=False)
+        before = cy.coords(1)
+        # near copies with a longer response: their 2 originals become removed duplicates and leave
+        # the clustering input; k 3 -> 4 refits the clusters, so most rows change label, while the
+        # projection (which does not depend on the clusters) keeps its fit
+        cy.land([dict(r, output=r["output"] + " Yes, indeed.") for r in rows[10:12]])
+        cy.pv = cy.store.write(set_path(cy.pv.params, "cluster.k", 4), source="user", reason="k 4")
+        second, _ = cy.run(with_measure=False)
+        assert second.values["mode"] == "reused", second.values
+        labels = wh.frame(con, "SELECT row_id, cluster FROM cluster_labels WHERE cycle = 2")
+        after = cy.coords(2)
+        # the table holds exactly the rows of cycle 2, every one with its cycle-2 label
+        assert wh.scalar(con, "SELECT count(*) FROM projections") == len(after) == 4 * len(labels)
+        assert sorted(after["row_id"].unique().to_list()) == sorted(labels["row_id"].to_list())
+        joined = after.join(labels, on="row_id", suffix="_label")
+        assert (joined["cluster"] == joined["cluster_label"]).all()
+        gone = before.join(labels, on="row_id", how="anti")["row_id"].unique()
+        assert len(gone) == 2
+        # the rows that stayed keep their coordinates of cycle 1
+        kept = after.join(before.select("row_id", "method", "dims"), on=["row_id", "method", "dims"], how="semi")
+        assert kept.select("row_id", "method", "dims", "x", "y", "z").equals(
+            before.filter(~pl.col("row_id").is_in(gone.implode())).select("row_id", "method", "dims", "x", "y", "z"))
+        assert before.join(labels, on="row_id").filter(pl.col("cluster") != pl.col("cluster_right")).height > 0
+
+
 def test_a_changed_projection_parameter_forces_a_refit(home):
     with wh.connect(home / "w.duckdb") as con:
         cy = Cycle(home, con)

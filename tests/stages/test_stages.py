@@ -262,22 +262,31 @@ def test_dedup_is_incremental_and_matches_a_full_run(home):
         assert first.values["mode"] == "full"
         assert first.counts["exact.members_beyond_representative"] == 5
         near = [dict(r, output=r["output"] + " Yes.") for r in rows[10:14]]  # near copies in a new batch
-        load(con, home, "b.jsonl", make_rows(offset=500)[:9] + near, emb)
+        # and exact copies: one more of a row copied before (its set grows), one of a row never copied
+        copies = [dict(rows[0]), dict(rows[30])]
+        load(con, home, "b.jsonl", make_rows(offset=500)[:9] + near + copies, emb)
         second = dedup_rows(con, dp, emb.model_id)
         assert second.values["mode"] == "incremental"
-        assert second.counts["rows_new_since_last_run"] == 13
+        assert second.counts["rows_new_since_last_run"] == 15
+        # only the hashes of new rows are grouped again: their 2 copies and the 3 rows they copy, and
+        # the 13 rows of new texts; the 4 other old sets are carried over
+        assert second.counts["exact.rows_searched"] == 13 + 2 + 3
+        assert second.counts["exact.members_beyond_representative"] == 5 + 2
         assert second.counts["near.signatures_cached"] >= 60 - 5
-        # only the 13 new row hashes are hashed: the 5 copies share their originals' cached signatures
+        # only the 13 new row hashes are hashed: the copies share their originals' cached signatures
         assert second.counts["near.signatures_computed"] == 13
         assert wh.run(con, "SELECT count(*) - count(DISTINCT (row_hash, config)) FROM dedup_signatures")[0][0] == 0
-        incremental = wh.frame(con, "SELECT set_id, kind, row_id, representative_row_id FROM dedup_sets ORDER BY ALL")
+        incremental = wh.frame(con, "SELECT * FROM dedup_sets ORDER BY ALL")
         full = dedup_rows(con, dict(dp, incremental=False), emb.model_id)
         assert full.values["mode"] == "full"
         # the signatures the second run stored in its background thread serve the third: none hashed again
         assert full.counts["near.signatures_computed"] == 0 and full.counts["near.signatures_cached"] >= 60 + 13 - 5
-        again = wh.frame(con, "SELECT set_id, kind, row_id, representative_row_id FROM dedup_sets ORDER BY ALL")
-        assert incremental.equals(again)
-        assert second.counts["rows_removed"] >= 5 + 4
+        again = wh.frame(con, "SELECT * FROM dedup_sets ORDER BY ALL")
+        assert incremental.equals(again)  # every column: sets, representatives, similarities, reasons
+        assert second.counts["rows_removed"] >= 5 + 2 + 4
+        # a changed old row makes the next run a full one
+        wh.run(con, "UPDATE dedup_state SET row_hash = 'changed' WHERE row_id = (SELECT min(row_id) FROM dedup_state)")
+        assert dedup_rows(con, dp, emb.model_id).values["mode"] == "full"
 
 
 def test_removed_duplicates_and_dropped_clusters_leave_the_clustering_input(home):
