@@ -2,6 +2,7 @@
 
     python bench/bench_rerun_cycle.py prepare --rows 100000 --home bench/.cache/rerun_100k
     python bench/bench_rerun_cycle.py replay --home bench/.cache/rerun_100k --runs 5
+    python bench/bench_rerun_cycle.py replay --home bench/.cache/rerun_100k --runs 3 --unchanged   # then a cycle with no new rows
     python bench/bench_rerun_cycle.py prepare --rows 400 --embedder hash --project-methods pca   # seconds
 
 ``prepare`` does what ``bench_incremental.py`` does up to the re-run's cycle: a full run over the
@@ -84,33 +85,41 @@ def _warm_up(work: Path, dim: int, methods: list[str] | None) -> None:
     C.run_cycle(ws, emb.model_id, [])
 
 
-def replay_once(home: Path) -> dict[str, Any]:
-    """In this process: warm up, copy ``home`` and time one cycle on the copy."""
+def replay_once(home: Path, unchanged: bool = False) -> dict[str, Any]:
+    """In this process: warm up, copy ``home`` and time one cycle on the copy. ``unchanged``: then time
+    a second cycle on the same copy, with no new rows: what the cycle costs for every row and in fixed
+    costs alone (the first cycle's excess over it comes with the new rows)."""
     prepared = json.loads((home / "prepared.json").read_text("utf-8"))
     with tempfile.TemporaryDirectory(prefix="rerun_", dir=C.CACHE) as tmp:
         work = Path(tmp)
         _warm_up(work, int(prepared.get("dim", 512)), prepared.get("project_methods"))
         shutil.copytree(home, work / "home")
         ws = ReopenedWorkspace(work / "home")
-        timings: list[C.StageTiming] = []
-        t0 = time.perf_counter()
-        C.run_cycle(ws, prepared["model_id"], timings)
-        total = time.perf_counter() - t0
-    return {"cycle_s": round(total, 3), "stages": {t.stage: round(t.seconds, 3) for t in timings},
-            "steps": {t.stage: t.detail.get("steps") for t in timings if t.detail.get("steps")}}
+        out: dict[str, Any] = {}
+        for key in ["cycle"] + (["unchanged"] if unchanged else []):
+            timings: list[C.StageTiming] = []
+            t0 = time.perf_counter()
+            C.run_cycle(ws, prepared["model_id"], timings)
+            total = time.perf_counter() - t0
+            prefix = "" if key == "cycle" else "unchanged_"
+            out.update({f"{key}_s": round(total, 3),
+                        f"{prefix}stages": {t.stage: round(t.seconds, 3) for t in timings},
+                        f"{prefix}steps": {t.stage: t.detail.get("steps") for t in timings if t.detail.get("steps")}})
+    return out
 
 
-def replay(home: Path, runs: int, python: str) -> list[dict[str, Any]]:
+def replay(home: Path, runs: int, python: str, unchanged: bool = False) -> list[dict[str, Any]]:
     out = []
     for i in range(runs):
-        proc = subprocess.run([python, __file__, "_one", "--home", str(home)], capture_output=True, text=True,
-                              check=False)
+        proc = subprocess.run([python, __file__, "_one", "--home", str(home)] + (["--unchanged"] if unchanged else []),
+                              capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise SystemExit(f"replay run {i + 1} failed:\n{proc.stderr[-3000:]}")
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         out.append(res)
         print(f"run {i + 1}/{runs}: cycle {res['cycle_s']:.2f} s  "
-              + "  ".join(f"{k} {v:.2f}" for k, v in res["stages"].items()), flush=True)
+              + "  ".join(f"{k} {v:.2f}" for k, v in res["stages"].items())
+              + (f"; then unchanged {res['unchanged_s']:.2f} s" if unchanged else ""), flush=True)
     return out
 
 
@@ -124,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="encoder of the prepared home (hash: stand-in vectors, for a smoke run)")
     ap.add_argument("--project-methods", default=None, help="override project.methods (default: pca, umap)")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--unchanged", action="store_true",
+                    help="after the timed cycle, time a second one with no new rows (the work over every row and the fixed costs)")
     ap.add_argument("--python", default=sys.executable, help="interpreter of the code under test")
     ap.add_argument("--out", default=None, help="write the replay's runs and medians here (JSON)")
     args = ap.parse_args(argv)
@@ -137,14 +148,19 @@ def main(argv: list[str] | None = None) -> int:
         res = prepare(args.rows, args.new_fraction, home, args.embedder, methods)
         print(f"prepared {home}: {res['rows']:,} + {res['new_rows']:,} rows, full run {res['full_run_s']} s")
     elif args.what == "_one":
-        print(json.dumps(replay_once(home)))
+        print(json.dumps(replay_once(home, args.unchanged)))
     else:
-        runs = replay(home, args.runs, args.python)
+        runs = replay(home, args.runs, args.python, args.unchanged)
         stages = list(runs[0]["stages"])
         med = {"cycle_s": C.median([r["cycle_s"] for r in runs]),
                "stages": {s: round(C.median([r["stages"][s] for r in runs]), 3) for s in stages}}
+        if args.unchanged:
+            med["unchanged_s"] = C.median([r["unchanged_s"] for r in runs])
+            med["unchanged_stages"] = {s: round(C.median([r["unchanged_stages"][s] for r in runs]), 3) for s in stages}
         print(f"median of {len(runs)}: cycle {med['cycle_s']:.2f} s  "
-              + "  ".join(f"{k} {v:.2f}" for k, v in med["stages"].items()))
+              + "  ".join(f"{k} {v:.2f}" for k, v in med["stages"].items())
+              + (f"; unchanged {med['unchanged_s']:.2f} s  " + "  ".join(f"{k} {v:.2f}" for k, v in med["unchanged_stages"].items())
+                 if args.unchanged else ""))
         if args.out:
             Path(args.out).write_text(json.dumps({"runs": runs, "median": med}, indent=1), "utf-8")
     return 0

@@ -247,13 +247,17 @@ def test_rerun_cycle_replay_times_every_cycle_stage_on_a_prepared_home(tmp_path)
     prepared = json.loads((home / "prepared.json").read_text("utf-8"))
     assert prepared["rows"] == 300 and prepared["new_rows"] == 30 and prepared["project_methods"] == ["pca"]
     assert [s["stage"] for s in prepared["stages"]][-3:] == ["new ingest", "new clean", "new embed"]
-    rep = subprocess.run([sys.executable, str(script), "replay", "--home", str(home), "--runs", "1", "--out", str(out)],
-                         capture_output=True, text=True, timeout=300, cwd=str(ROOT))
+    rep = subprocess.run([sys.executable, str(script), "replay", "--home", str(home), "--runs", "1", "--unchanged",
+                          "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=str(ROOT))
     assert rep.returncode == 0, rep.stderr[-3000:]
     res = json.loads(out.read_text("utf-8"))
     (run,) = res["runs"]
     assert list(run["stages"]) == ["dedup", "cluster", "project", "metrics", "review", "publish"]
     assert all(v > 0 for v in run["stages"].values()) and run["cycle_s"] >= sum(run["stages"].values()) * 0.99
+    # --unchanged: a second cycle right after, with no new rows: nothing to hash in dedup this time
+    assert list(run["unchanged_stages"]) == list(run["stages"]) and run["unchanged_s"] > 0
+    assert "near_hashing" in run["steps"]["dedup"] and "near_hashing" not in run["unchanged_steps"]["dedup"]
+    assert res["median"]["unchanged_s"] == run["unchanged_s"]
     # the replay ran on a copy: the prepared home still has no second cycle
     import duckdb
 
