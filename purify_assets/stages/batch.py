@@ -302,7 +302,7 @@ def _embed_into(con: duckdb.DuckDBPyConnection, batch_id: str, table: str, wante
                             FROM _todo t JOIN _hits h USING (text_hash) JOIN {source} v ON v.rowid = h.rid""",
                                         {"batch": batch_id, "model": model_id})
                     finally:
-                        con.unregister("_hits")
+                        wh.unregister(con, "_hits")  # in an aborted transaction the INSERT's error must surface
                     n_copied += int(copied[0][0]) if copied else 0
         copied_rows = wh.frame(con, f"SELECT row_id, text_hash FROM {table} WHERE batch_id = ? AND model_id = ?",
                                [batch_id, model_id])
