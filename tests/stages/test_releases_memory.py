@@ -86,6 +86,8 @@ def test_an_outer_freeze_is_left_in_place(con, collector_off):
         seen: list = []
         assert releases_memory(_stage_body)(con, seen) == "stored"
         assert seen[0]() is None
-        assert gc.get_freeze_count() >= frozen  # not unfrozen by the stage
+        # not unfrozen by the stage: an unfreeze empties the permanent generation, while frozen objects
+        # that reference counting frees meanwhile (a few, in a process that ran other tests) only lower it
+        assert frozen > 1000 and gc.get_freeze_count() >= frozen - 100
     finally:
         gc.unfreeze()
