@@ -50,7 +50,7 @@ import warnings
 import numpy as np
 
 from purify_assets.core.clustering import CHUNK  # rows per block of the passes over vectors
-from purify_assets.core.nearest import k_smallest
+from purify_assets.core.nearest import COMPILED_WORTH_FROM_SCORES, k_smallest
 
 _UMAP_COMPILE_CACHE = False  # numba's disk cache switched on for umap's functions in this process
 
@@ -190,6 +190,8 @@ def _neighbour_chunks(x_fit: np.ndarray, x_rest: np.ndarray, knn: int, rows: np.
     k = max(1, min(knn, len(x_fit)))
     fit_sq = np.einsum("ij,ij->i", x_fit, x_fit)
     total = len(x_rest) if rows is None else len(rows)
+    # the compiled selection where the search is large enough to repay loading numba (nearest.py)
+    compiled = True if total * len(x_fit) >= COMPILED_WORTH_FROM_SCORES else None
     for s in range(0, total, CHUNK):
         part = x_rest[s : s + CHUNK] if rows is None else x_rest[rows[s : s + CHUNK]]
         part = np.asarray(part, dtype=np.float32)
@@ -200,7 +202,7 @@ def _neighbour_chunks(x_fit: np.ndarray, x_rest: np.ndarray, knn: int, rows: np.
             score = q @ x_fit.T
             score *= -2.0
             score += fit_sq  # |b|^2 - 2 a.b: the squared distance less |a|^2, smallest first
-            pick = k_smallest(score, k) if k < len(x_fit) else \
+            pick = k_smallest(score, k, compiled) if k < len(x_fit) else \
                 np.broadcast_to(np.arange(k), (len(q), k))
             diff = x_fit[pick] - q[:, None, :]
             dist = np.sqrt(np.einsum("ijd,ijd->ij", diff, diff))
@@ -368,7 +370,7 @@ def umap_neighbours(x_fit: np.ndarray, k: int, metric: str = "cosine",
         rows = np.arange(e - s)
         score[rows, np.arange(s, e)] = np.inf  # each row is its own first neighbour, even among duplicates
         np.negative(score, out=score)  # in place: the k smallest are now the k nearest
-        part = k_smallest(score, k)
+        part = k_smallest(score, k, compiled=True)  # UMAP's fit, which loads numba, comes next
         top = -np.take_along_axis(score, part, axis=1)
         del score
         order = np.argsort(-top, axis=1, kind="stable")

@@ -340,3 +340,21 @@ def test_pca_components_match_scikit_learns_exact_pca_with_its_signs(n):
     np.testing.assert_allclose(components, want.components_, atol=1e-5)
     np.testing.assert_allclose((x - mean) @ components.T, want.transform(x), atol=1e-3)
     np.testing.assert_allclose(project(x, "pca", 3, fit_sample=n), want.transform(x), atol=1e-3)
+
+
+def test_only_a_search_large_enough_to_repay_numba_asks_for_the_compiled_selection(monkeypatch):
+    import purify_assets.core.projection as projection
+
+    asked: list = []
+    real = projection.k_smallest
+    monkeypatch.setattr(projection, "k_smallest", lambda score, k, compiled=None: asked.append(compiled) or real(score, k, compiled))
+    rng = np.random.default_rng(8)
+    x_fit, x_new = rng.standard_normal((200, 8)).astype(np.float32), rng.standard_normal((50, 8)).astype(np.float32)
+    monkeypatch.setattr(projection, "COMPILED_WORTH_FROM_SCORES", 50 * 200)  # this search's 10,000 scores
+    big = knn_neighbours(x_fit, x_new, knn=5)
+    assert asked and set(asked) == {True}
+    asked.clear()
+    monkeypatch.setattr(projection, "COMPILED_WORTH_FROM_SCORES", 50 * 200 + 1)
+    small = knn_neighbours(x_fit, x_new, knn=5)
+    assert asked and set(asked) == {None}  # left to k_smallest: compiled only if numba is loaded already
+    np.testing.assert_array_equal(big[0], small[0])
