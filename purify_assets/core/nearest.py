@@ -75,17 +75,24 @@ def _keep_k_smallest(score: np.ndarray, k: int, out: np.ndarray) -> None:
 
 def _build_kernel() -> Callable[..., Any] | None:
     """``_keep_k_smallest`` compiled (and cached on disk), or None where numba is missing or fails."""
-    global _KERNEL, _KERNEL_FAILED
+    global _KERNEL
     with _KERNEL_LOCK:
-        if _KERNEL is None and not _KERNEL_FAILED:
-            try:
-                import numba
+        if _KERNEL is not None or _KERNEL_FAILED:
+            return _KERNEL
+        try:
+            import numba
 
-                _KERNEL = numba.njit(cache=True, nogil=True)(_keep_k_smallest)
-            except Exception as exc:  # noqa: BLE001 - any failure to import: argpartition instead
-                _KERNEL_FAILED = True
-                warnings.warn(f"k_smallest: numba unavailable ({type(exc).__name__}: {exc}); using numpy's argpartition")
+            _KERNEL = numba.njit(cache=True, nogil=True)(_keep_k_smallest)
+        except Exception as exc:  # noqa: BLE001 - any failure to import: the two numpy passes instead
+            _give_up_compiling("numba unavailable", exc)
         return _KERNEL
+
+
+def _give_up_compiling(what: str, exc: BaseException) -> None:
+    """From now on this process selects with the two numpy passes, and says why once."""
+    global _KERNEL, _KERNEL_FAILED
+    _KERNEL, _KERNEL_FAILED = None, True
+    warnings.warn(f"k_smallest: {what} ({type(exc).__name__}: {exc}); using the numpy passes")
 
 
 def k_smallest(score: np.ndarray, k: int, compiled: bool | None = None) -> np.ndarray:
@@ -109,10 +116,8 @@ def k_smallest(score: np.ndarray, k: int, compiled: bool | None = None) -> np.nd
     try:
         kernel(np.ascontiguousarray(score), k, out)  # compiled (or read from the cache) on first use
     except Exception as exc:  # noqa: BLE001 - numba failed to compile it here: the two passes from now on
-        global _KERNEL, _KERNEL_FAILED
         with _KERNEL_LOCK:
-            _KERNEL, _KERNEL_FAILED = None, True
-        warnings.warn(f"k_smallest: the compiled selection failed ({type(exc).__name__}: {exc}); using numpy")
+            _give_up_compiling("the compiled selection failed", exc)
         return _strided_k_smallest(score, k)
     short = np.flatnonzero(out[:, k - 1] < 0)  # fewer than k scores below +inf (NaN, +inf)
     if len(short):

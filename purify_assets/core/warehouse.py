@@ -306,6 +306,22 @@ def unregister(con: duckdb.DuckDBPyConnection, name: str) -> None:
         con.unregister(name)
 
 
+@contextlib.contextmanager
+def registered(con: duckdb.DuckDBPyConnection, **frames: Any) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The frames (name=frame; None skipped) visible to SQL on ``con`` for the block, then dropped
+    with ``unregister``, so that a failed statement's own error is what the block raises."""
+    names: list[str] = []
+    try:
+        for name, frame in frames.items():
+            if frame is not None:
+                con.register(name, frame)
+                names.append(name)
+        yield con
+    finally:
+        for name in names:
+            unregister(con, name)
+
+
 def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame | Any) -> int:
     """Insert a polars/arrow frame by column name; returns the number of rows inserted."""
     if table not in TABLE_DDL:

@@ -453,12 +453,9 @@ def _fit_drift(con: duckdb.DuckDBPyConnection, stage: str, label: str, data: pl.
     fit_cycle, rows_at_fit = int(fit_cycle), int(rows_at_fit)
     # rows the fit still describes: same row, same text (hence the same vector); joined in DuckDB, where
     # reading the state into polars and joining there on two string columns cost 0.5 s of 660k rows
-    con.register("_drift_rows", data.select("row_id", "text_hash"))
-    try:
+    with wh.registered(con, _drift_rows=data.select("row_id", "text_hash")):
         known = wh.frame(con, "SELECT d.row_id, d.text_hash, f.since_fit FROM _drift_rows d JOIN fit_state f "
                               "ON f.stage = ? AND f.row_id = d.row_id AND f.text_hash = d.text_hash", [stage])
-    finally:
-        wh.unregister(con, "_drift_rows")
     placed_before = int(known["since_fit"].sum())
     new = len(data) - len(known)
     gone = rows_at_fit - (len(known) - placed_before)
@@ -684,12 +681,9 @@ def _projection_plan(con: duckdb.DuckDBPyConnection, data: pl.DataFrame, config:
     # the stored coordinates are counted here and read by position later (``_stored_coordinates``):
     # at 660k rows, 2.6M coordinate rows read into polars and joined there cost over a second
     old_cycle = wh.scalar(con, "SELECT max(cycle) FROM projections")
-    con.register("_plan_known", known.select("row_id"))
-    try:
+    with wh.registered(con, _plan_known=known.select("row_id")):
         counted = wh.run(con, "SELECT p.method, p.dims, count(*) FROM projections p JOIN _plan_known k USING (row_id) "
                               "WHERE p.cycle = ? GROUP BY ALL", [old_cycle])
-    finally:
-        wh.unregister(con, "_plan_known")
     per_combo = {(m, int(d)): int(n) for m, d, n in counted}
     short = [f"{m} {d}-D" for m, d in combos if per_combo.get((m, d), 0) != len(known)]
     if short:
@@ -702,13 +696,10 @@ def _stored_coordinates(con: duckdb.DuckDBPyConnection, rows: pl.DataFrame, cycl
                         out: np.ndarray) -> None:
     """Fill ``out[pos]`` with the stored (method, dims) coordinates of cycle ``cycle`` for each row of
     ``rows`` (row_id, pos); DuckDB joins, numpy scatters (no string join in polars)."""
-    con.register("_stored_pos", rows)
-    try:
+    with wh.registered(con, _stored_pos=rows):
         got = con.sql("SELECT k.pos, p.x, p.y, p.z FROM projections p JOIN _stored_pos k USING (row_id) "
                       "WHERE p.cycle = $cycle AND p.method = $method AND p.dims = $dims",
                       params={"cycle": cycle, "method": method, "dims": dims}).fetchnumpy()
-    finally:
-        wh.unregister(con, "_stored_pos")
     pos = np.asarray(got["pos"], dtype=np.int64)
     for axis, column in enumerate(["x", "y", "z"][:dims]):
         out[pos, axis] = np.asarray(got[column], dtype=np.float32)
@@ -722,10 +713,7 @@ def _store_kept_projection(cur: duckdb.DuckDBPyConnection, cycle: int, labelled:
     coordinates and takes this cycle's number and label. ``labelled``: (row_id, cluster) of every
     row of the cycle. Comparing a frame of every coordinate with the table instead (``sync_table``)
     took 2.9 s of 2.6M rows at 660k rows, most of it in the two joins over every row."""
-    cur.register("_kept_labels", labelled)
-    if placed is not None:
-        cur.register("_kept_placed", placed)
-    try:
+    with wh.registered(cur, _kept_labels=labelled, _kept_placed=placed):
         wh.run(cur, "DELETE FROM projections WHERE row_id NOT IN (SELECT row_id FROM _kept_labels)"
                + (" OR row_id IN (SELECT row_id FROM _kept_placed)" if placed is not None else ""))
         wh.run(cur, "UPDATE projections p SET cluster = l.cluster FROM _kept_labels l "
@@ -733,10 +721,6 @@ def _store_kept_projection(cur: duckdb.DuckDBPyConnection, cycle: int, labelled:
         wh.run(cur, "UPDATE projections SET cycle = ? WHERE cycle IS DISTINCT FROM ?", [cycle, cycle])
         if placed is not None:
             wh.insert_frame(cur, "projections", placed)
-    finally:
-        wh.unregister(cur, "_kept_labels")
-        if placed is not None:
-            wh.unregister(cur, "_kept_placed")
 
 
 def _hover_texts(con: duckdb.DuckDBPyConnection, row_ids: pl.Series, positions: np.ndarray, max_chars: int) -> list[str | None]:
