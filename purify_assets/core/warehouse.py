@@ -78,9 +78,11 @@ TABLE_DDL: dict[str, str] = {
         cycle INTEGER, scope VARCHAR, cluster INTEGER, name VARCHAR, task_type VARCHAR, quality INTEGER,
         verdict VARCHAR, merge_with INTEGER, reasons VARCHAR, problem_row_ids VARCHAR, reviewer VARCHAR,
         prompt_hash VARCHAR, review_json VARCHAR""",
+    # row_hash: clean_rows' hash of the row's texts, so that a publication finds the rows it must
+    # write again without comparing their texts
     "purified_dataset": """
         cycle INTEGER, row_id VARCHAR, batch_id VARCHAR, cluster INTEGER, cluster_name VARCHAR,
-        task_type VARCHAR, instruction VARCHAR, input VARCHAR, output VARCHAR, record_json VARCHAR""",
+        task_type VARCHAR, instruction VARCHAR, input VARCHAR, output VARCHAR, record_json VARCHAR, row_hash VARCHAR""",
     # charts whose content a later cycle may repeat (a reused k sweep): one PNG per kind, keyed by a
     # hash of what it shows, so an identical chart is not drawn again
     "chart_cache": """
@@ -237,9 +239,17 @@ def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | Non
     return rows[0][0] if rows else None
 
 
+#: columns added to a table after warehouses were made without them: added (empty) when such a
+#: warehouse is opened
+ADDED_COLUMNS: dict[str, list[tuple[str, str]]] = {"purified_dataset": [("row_hash", "VARCHAR")]}
+
+
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     for name, columns in TABLE_DDL.items():
         run(con, f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+    for name, added in ADDED_COLUMNS.items():
+        for column, kind in added:
+            run(con, f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {column} {kind}")
 
 
 @contextlib.contextmanager
@@ -349,48 +359,6 @@ def replace_table(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFram
     """Delete rows of ``table`` (all, or those matching ``where``) and insert ``frame``."""
     run(con, f"DELETE FROM {table} {('WHERE ' + where) if where else ''}", list(params))
     return 0 if frame is None else insert_frame(con, table, frame)
-
-
-def sync_table(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, key: Sequence[str],
-               constants: dict[str, Any] | None = None) -> dict[str, int]:
-    """Make ``table`` hold exactly the rows of ``frame`` (which has every column of the table), writing
-    only what differs, in the caller's transaction: rows with no identical row in ``frame`` are
-    deleted, the ``constants`` columns (one value for every row, such as the cycle) are updated on the
-    rows kept, and the rows of ``frame`` whose ``key`` the table then lacks are inserted.
-
-    ``replace_table`` rewrites every row; when a cycle adds a tenth new rows to a table of texts, most
-    rows are unchanged but for the cycle number. At 105k published NSMC rows the rewrite's insert and
-    commit took 0.3-1.2 s here (the commit checkpoints ~60 MB of text), this 0.2 s. Returns the
-    number of rows deleted, updated and inserted."""
-    if table not in TABLE_DDL:
-        raise WarehouseError(f"unknown table {table!r}")
-    constants = dict(constants or {})
-    missing = [c for c in list(key) + list(constants) if c not in frame.columns]
-    if missing:
-        raise WarehouseError(f"sync of {table}: the frame lacks the columns {missing}")
-    for c, value in constants.items():
-        if len(frame) and not (frame[c] == value).all():
-            raise WarehouseError(f"sync of {table}: column {c!r} of the frame is not {value!r} on every row")
-    if not scalar(con, f"SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT 1)"):
-        # nothing to compare with (a first publication): no join over the frame's rows
-        return {"deleted": 0, "updated": 0, "inserted": insert_frame(con, table, frame)}
-    cols = ", ".join(f'"{c}"' for c in frame.columns)
-    compared = [c for c in frame.columns if c not in constants]
-    same = " AND ".join(f't."{c}" IS NOT DISTINCT FROM s."{c}"' for c in compared)
-    keyed = " AND ".join(f't."{c}" = s."{c}"' for c in key)
-    con.register("_purify_sync", frame)
-    try:
-        deleted = run(con, f"DELETE FROM {table} t WHERE NOT EXISTS (SELECT 1 FROM _purify_sync s WHERE {same})")
-        updated = [(0,)]
-        if constants:
-            sets = ", ".join(f'"{c}" = ?' for c in constants)
-            differs = " OR ".join(f'"{c}" IS DISTINCT FROM ?' for c in constants)
-            updated = run(con, f"UPDATE {table} SET {sets} WHERE {differs}", list(constants.values()) * 2)
-        inserted = run(con, f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _purify_sync s "
-                            f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {keyed})")
-    finally:
-        unregister(con, "_purify_sync")
-    return {"deleted": int(deleted[0][0]), "updated": int(updated[0][0]), "inserted": int(inserted[0][0])}
 
 
 def table_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:

@@ -265,12 +265,18 @@ def dedup_rows(con: duckdb.DuckDBPyConnection, dedup_params: dict[str, Any], mod
     num_perm = int(dedup_params.get("num_perm", 128))
     sigs = None
     signatures_stored: Callable[[], Any] = lambda: None  # noqa: E731
+    # an incremental run without new rows carries every near and semantic set over: no search reads a
+    # signature (at 660k rows reading them cost 1.3 s)
+    searches_carried = new_mask is not None and not new_mask.any()
     with contextlib.ExitStack() as background:  # the new signatures are stored while the searches run
-        if n and (dedup_params.get("near", True) or dedup_params.get("semantic_mode", "hybrid") == "hybrid"):
+        if n and not searches_carried and (dedup_params.get("near", True)
+                                           or dedup_params.get("semantic_mode", "hybrid") == "hybrid"):
             sigs, signatures_stored = _signatures(con, rows, num_perm, report, background)
+        elif n and searches_carried:
+            report.values["signatures"] = "not read: no row is new since the last run, every set is carried over"
         if n and dedup_params.get("near", True):
             with report.timed("near"):
-                if new_mask is not None and not new_mask.any():
+                if searches_carried:
                     frames.append(prev("near"))
                 else:
                     frames.append(dedup.near_duplicates(ids, sigs, threshold=float(dedup_params.get("near_threshold", 0.8)),
@@ -711,8 +717,8 @@ def _store_kept_projection(cur: duckdb.DuckDBPyConnection, cycle: int, labelled:
     transaction: rows no longer labelled are deleted, so are the stored rows of the rows placed now (a
     row whose text changed), the rows placed now are inserted, and every other row keeps its
     coordinates and takes this cycle's number and label. ``labelled``: (row_id, cluster) of every
-    row of the cycle. Comparing a frame of every coordinate with the table instead (``sync_table``)
-    took 2.9 s of 2.6M rows at 660k rows, most of it in the two joins over every row."""
+    row of the cycle. Comparing a frame of every coordinate with the table instead (delete what differs,
+    insert what is missing) took 2.9 s of 2.6M rows at 660k rows, most of it in the two joins over every row."""
     with wh.registered(cur, _kept_labels=labelled, _kept_placed=placed):
         wh.run(cur, "DELETE FROM projections WHERE row_id NOT IN (SELECT row_id FROM _kept_labels)"
                + (" OR row_id IN (SELECT row_id FROM _kept_placed)" if placed is not None else ""))
@@ -1488,86 +1494,131 @@ def decide_next_params(con: duckdb.DuckDBPyConnection, cycle: int, params: Param
 
 
 # ------------------------------------------------------------------------------------------- publish
-def _safe_name(text: str) -> str:
-    slug = re.sub(r"[^\w.-]+", "_", text, flags=re.UNICODE).strip("_.")
-    return slug[:60] or "cluster"
+#: the publication's rows compared with the table's on these columns (with ``row_id``): a row whose
+#: texts changed has another ``row_hash``, so no text is read to find the rows to write again
+PUBLICATION_COMPARED = ["batch_id", "cluster", "cluster_name", "task_type", "row_hash"]
 
 
-def _write_exports(out: pl.DataFrame, folder: Path) -> None:
-    """JSONL and Parquet per cluster into ``folder``, two files at a time (polars writes without the
-    GIL: on 95k NSMC rows 0.34-0.42 s instead of 0.47-0.88 s in a row), then ``purified_all.jsonl``:
-    the clusters' JSONL files one after the other, in cluster order, copied as bytes rather than
-    serialized a second time. ``out`` comes sorted by cluster, then row id: each cluster's rows are
-    one slice of it (no copy), where a group-by gathered every cluster's rows into a new frame
-    (0.75 s of 660k rows' export)."""
-    from concurrent.futures import ThreadPoolExecutor
+def _store_publication(con: duckdb.DuckDBPyConnection, kept: pl.DataFrame, cycle: int) -> tuple[np.ndarray, int, pl.DataFrame]:
+    """Make ``purified_dataset`` hold the publication ``kept`` (row_id and ``PUBLICATION_COMPARED``),
+    in the caller's transaction: rows that are gone or differ are deleted, every row takes the cycle
+    number, and the rows the table then lacks are inserted with their texts. Returns (the cluster of
+    every deleted row, the number of rows whose cycle changed, the inserted rows in cluster, row id
+    order). At 660k published NSMC rows comparing every text of the table with a frame of them took
+    0.5 s and reading those texts 0.9 s, while a backfill inserts a tenth of them."""
+    same = " AND ".join(f"s.{c} IS NOT DISTINCT FROM t.{c}" for c in PUBLICATION_COMPARED)
+    with wh.registered(con, _publication=kept):
+        gone = con.execute(f"DELETE FROM purified_dataset t WHERE NOT EXISTS (SELECT 1 FROM _publication s "
+                           f"WHERE s.row_id = t.row_id AND {same}) RETURNING t.cluster").fetchnumpy()["cluster"]
+        updated = int(wh.run(con, "UPDATE purified_dataset SET cycle = ? WHERE cycle IS DISTINCT FROM ?", [cycle, cycle])[0][0])
+        fresh = wh.frame(con, """
+            SELECT ?::INT AS cycle, s.row_id, s.batch_id, s.cluster, s.cluster_name, s.task_type, c.instruction, c.input,
+                   c.output, raw.record_json, s.row_hash
+            FROM _publication s JOIN clean_rows c USING (row_id) LEFT JOIN raw_rows raw USING (row_id)
+            WHERE NOT EXISTS (SELECT 1 FROM purified_dataset t WHERE t.row_id = s.row_id)
+            ORDER BY s.cluster, s.row_id""", [cycle])
+        wh.insert_frame(con, "purified_dataset", fresh)
+    return np.asarray(gone, dtype=np.int64), updated, fresh
 
-    clusters = out["cluster"].to_numpy()
-    if len(clusters) and (np.diff(clusters) < 0).any():
-        raise ValueError("the rows to export must be sorted by cluster")
-    starts = np.flatnonzero(np.r_[True, clusters[1:] != clusters[:-1]]) if len(clusters) else np.zeros(0, np.int64)
-    ends = np.r_[starts[1:], len(clusters)]
-    names = out["cluster_name"]
-    jsonl_files = []
-    with ThreadPoolExecutor(2, thread_name_prefix="purify-export") as pool:
-        pending = []
-        for lo, hi in zip(starts.tolist(), ends.tolist()):
-            part = out.slice(lo, hi - lo)
-            stem = f"cluster_{int(clusters[lo]):03d}_{_safe_name(str(names[lo] or 'unnamed'))}"
-            jsonl_files.append(folder / f"{stem}.jsonl")
-            pending.append(pool.submit(part.write_ndjson, jsonl_files[-1]))
-            pending.append(pool.submit(part.write_parquet, folder / f"{stem}.parquet"))
-        for job in pending:
-            job.result()
-    with open(folder / "purified_all.jsonl", "wb") as whole:
-        for path in jsonl_files:  # already in cluster order
-            with open(path, "rb") as part_file:
-                shutil.copyfileobj(part_file, whole, 1 << 20)
+
+def _write_export(con: duckdb.DuckDBPyConnection, staging: Path, previous_folder: Path | None, plans: list[Any],
+                  fresh: pl.DataFrame, cycle: int, report: StageReport) -> dict[str, dict[str, Any]]:
+    """The export of ``plans`` (``export_files.plan_export``) into ``staging``: earlier parts linked
+    from ``previous_folder``, the new rows (from ``fresh``) or a cluster's every row (read from the
+    table, in the caller's transaction) written as one part. Returns the part written per cluster
+    folder."""
+    from purify_assets.core import export_files as ex
+
+    for plan in plans:  # a part file gone from the earlier export: that cluster is written whole
+        files = [previous_folder / plan.folder / f"{part['stem']}{suffix}" for part in plan.linked
+                 for suffix in (".jsonl", ".parquet")] if previous_folder is not None else []
+        if plan.linked and not all(f.is_file() for f in files):
+            plan.write, plan.linked, plan.reason = "all", [], "an earlier part file is missing"
+    new_by_cluster = fresh.partition_by("cluster", as_dict=True) if len(fresh) else {}
+    reread = [p.cluster for p in plans if p.write == "all" and p.new_rows < p.rows]
+    whole_by_cluster: dict[Any, pl.DataFrame] = {}
+    if reread:
+        with wh.registered(con, _rewrite=pl.DataFrame({"cluster": reread}, schema={"cluster": pl.Int32})):
+            whole = wh.frame(con, "SELECT t.* FROM purified_dataset t JOIN _rewrite USING (cluster) ORDER BY t.cluster, t.row_id")
+        whole_by_cluster = whole.partition_by("cluster", as_dict=True)
+    parts: list[tuple[Path, pl.DataFrame]] = []
+    written: dict[str, dict[str, Any]] = {}
+    linked = 0
+    for plan in plans:
+        target = staging / plan.folder
+        target.mkdir()
+        for part in plan.linked:
+            for suffix in (".jsonl", ".parquet"):
+                ex.link_or_copy(previous_folder / plan.folder / f"{part['stem']}{suffix}", target / f"{part['stem']}{suffix}")
+            linked += 1
+        source = whole_by_cluster if plan.cluster in reread else new_by_cluster
+        rows = source.get((plan.cluster,))
+        if rows is not None and len(rows):
+            stem = ex.part_stem(cycle)
+            parts.append((target / stem, rows))
+            written[plan.folder] = {"stem": stem, "rows": len(rows), "cycle": int(cycle)}
+    ex.write_parts(parts)
+    report.counts.update(export_parts_linked=linked, export_parts_written=len(parts),
+                         export_rows_written=sum(len(r) for _, r in parts),
+                         export_clusters_written_whole=sum(1 for p in plans if p.write == "all"))
+    return written
 
 
 @releases_memory
 def publish_dataset(con: duckdb.DuckDBPyConnection, exports_dir: Path, plots_dir: Path, log: Log = _no_log) -> StageReport:
-    """The purified rows of the latest reviewed cycle, exported per cluster, with a dataset card."""
+    """The purified rows of the latest reviewed cycle: stored in ``purified_dataset`` and exported
+    per cluster in parts (``core.export_files``), with a dataset card.
+
+    Only what changed since the last publication is written. The table's rows are compared on their
+    cluster, name, task type, batch and row hash, not their texts (``_store_publication``); the
+    texts are read for the rows inserted alone. A cluster that only gained rows keeps its earlier
+    part files (hard links into the new folder) and gets one part with the new rows; any other
+    cluster is written whole. The export is written into a sibling folder while the table's
+    transaction is open, and swapped in once that has committed: a failure on either side leaves
+    the previous export and table as they were."""
+    from purify_assets.core import export_files as ex
+
     report = StageReport()
     cycle = latest_cycle_or_fail(con)
     reviews = wh.frame(con, "SELECT cluster, name, task_type, verdict FROM cluster_reviews WHERE cycle = ? AND scope = 'cluster'", [cycle])
     if reviews.is_empty():
         raise ValueError(f"cycle {cycle} has no cluster reviews yet: materialize cluster_reviews first")
-    con.register("_reviews", reviews)
-    try:
-        with report.timed("load"):
-            rows = wh.frame(con, """
-                SELECT ?::INT AS cycle, l.row_id, c.batch_id, l.cluster, r.name AS cluster_name, r.task_type,
-                       c.instruction, c.input, c.output, raw.record_json, r.verdict
-                FROM cluster_labels l JOIN clean_rows c USING (row_id) JOIN raw_rows raw USING (row_id)
-                LEFT JOIN _reviews r ON r.cluster = l.cluster
-                WHERE l.cycle = ? ORDER BY l.cluster, l.row_id""", [cycle, cycle])  # one slice per cluster's files
-    finally:
-        con.unregister("_reviews")
-    dropped = rows.filter(pl.col("verdict") == "drop")
-    kept = rows.filter((pl.col("verdict") != "drop") | pl.col("verdict").is_null())
-    out = kept.drop("verdict")
+    with report.timed("load"), wh.registered(con, _reviews=reviews):
+        # keys and hashes only: the texts are read for the rows the table and the export lack
+        rows = wh.frame(con, """
+            SELECT l.row_id, c.batch_id, l.cluster, r.name AS cluster_name, r.task_type, c.row_hash, r.verdict
+            FROM cluster_labels l JOIN clean_rows c USING (row_id) LEFT JOIN _reviews r ON r.cluster = l.cluster
+            WHERE l.cycle = ? ORDER BY l.cluster, l.row_id""", [cycle])
+        previous_cycle = wh.scalar(con, "SELECT max(cycle) FROM purified_dataset")
+    n_dropped = int((rows["verdict"] == "drop").sum())
+    kept = rows.filter((pl.col("verdict") != "drop") | pl.col("verdict").is_null()).drop("verdict")
+    del rows
+    counts = kept.group_by(["cluster", "cluster_name", "task_type"]).len("rows").sort("cluster")
     folder = exports_dir / f"cycle_{cycle:03d}"
+    previous_folder = exports_dir / f"cycle_{int(previous_cycle):03d}" if previous_cycle is not None else None
     # write a sibling folder, then swap it in: a run killed mid-export leaves the previous export whole
     staging = exports_dir / f".{folder.name}.partial"
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    # the table is written (and committed) in a thread while the files are written here: both mostly
-    # wait on I/O and native code, and the export is swapped in only once the table is stored
-    # only what changed since the last publication is written: most rows differ only by the cycle
-    with wh.background_write(con, lambda cur: wh.sync_table(cur, "purified_dataset", out, ["row_id"], {"cycle": cycle}),
-                             report.timings) as stored:
-        with report.timed("export"):
-            _write_exports(out, staging)
-        with report.timed("card"):
-            card = dataset_card(con, cycle, out, dropped, plots_dir)
-            (staging / "DATASET_CARD.md").write_text(card, "utf-8")
-        try:
-            written = stored()
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+    try:
+        with wh.transaction(con):
+            with report.timed("store"):
+                gone, updated, fresh = _store_publication(con, kept, cycle)
+            with report.timed("export"):
+                new_counts = {int(c): int(k) for c, k in fresh.group_by("cluster").len().iter_rows()} if len(fresh) else {}
+                plans = ex.plan_export(counts, new_counts, {int(c) for c in np.unique(gone)},
+                                       ex.read_manifest(previous_folder) if previous_folder is not None else None,
+                                       previous_cycle, cycle)
+                written = _write_export(con, staging, previous_folder, plans, fresh, cycle, report)
+                ex.write_manifest(staging, cycle, plans, written)
+            del fresh
+            with report.timed("card"):
+                card = dataset_card(con, cycle, counts, len(kept), n_dropped, plots_dir, report.counts)
+                (staging / "DATASET_CARD.md").write_text(card, "utf-8")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if folder.exists():
         retired = exports_dir / f".{folder.name}.old"
         if retired.exists():
@@ -1589,31 +1640,45 @@ def publish_dataset(con: duckdb.DuckDBPyConnection, exports_dir: Path, plots_dir
             report.values["latest_link"] = f"{latest} -> {folder.name}"
         except OSError as exc:
             report.values["latest_link"] = f"not updated: {exc}"
-    report.counts.update({f"table_rows_{k}": v for k, v in written.items()})
-    report.counts.update(cycle=cycle, rows_published=len(out), rows_in_dropped_clusters=len(dropped),
-                         clusters_published=out["cluster"].n_unique() if len(out) else 0)
-    report.files.update(export_folder=str(folder), dataset_card=str(folder / "DATASET_CARD.md"))
+    report.counts.update(table_rows_deleted=len(gone), table_rows_updated=updated,
+                         table_rows_inserted=sum(int(k) for k in new_counts.values()))
+    report.counts.update(cycle=cycle, rows_published=len(kept), rows_in_dropped_clusters=n_dropped,
+                         clusters_published=len(counts))
+    report.files.update(export_folder=str(folder), dataset_card=str(folder / "DATASET_CARD.md"),
+                        manifest=str(folder / ex.MANIFEST_NAME))
     report.markdown["dataset_card"] = card
-    report.checks["every_published_row_has_a_cluster"] = (out["cluster"].null_count() == 0, "published rows without a cluster")
+    report.markdown["export_plan"] = wh.markdown_table(pl.DataFrame(
+        [{"folder": p.folder, "rows": p.rows, "parts_linked": len(p.linked), "rows_written": written.get(p.folder, {}).get("rows", 0),
+          "why": p.reason} for p in plans]), max_rows=60, max_chars=90) if plans else "_(no clusters)_"
+    report.checks["every_published_row_has_a_cluster"] = (kept["cluster"].null_count() == 0, "published rows without a cluster")
     return report
 
 
-def dataset_card(con: duckdb.DuckDBPyConnection, cycle: int, out: pl.DataFrame, dropped: pl.DataFrame, plots_dir: Path) -> str:
+def dataset_card(con: duckdb.DuckDBPyConnection, cycle: int, per_cluster: pl.DataFrame, published: int, dropped: int,
+                 plots_dir: Path, export_counts: dict[str, Any] | None = None) -> str:
+    """The card of a publication: row accounting, removals, duplicates, clusters (``per_cluster``:
+    cluster, cluster_name, task_type, rows), cycles, the export's layout and what it wrote."""
     counts = wh.table_counts(con)
     reasons = wh.frame(con, "SELECT reason, count(*) AS rows FROM rejected_rows GROUP BY reason ORDER BY rows DESC")
     dups = wh.frame(con, "SELECT kind, count(*) FILTER (WHERE NOT is_representative) AS rows FROM dedup_sets GROUP BY kind ORDER BY kind")
-    per_cluster = out.group_by(["cluster", "cluster_name", "task_type"]).len("rows").sort("cluster")
+    ec = export_counts or {}
     lines = [
         f"# Purified dataset, cycle {cycle}", "",
         f"Generated {_now():%Y-%m-%d %H:%M} UTC by purify.", "",
         "## Row accounting", "",
         f"- raw rows: {counts['raw_rows']:,}; quarantined lines: {counts['quarantine']:,}",
         f"- rejected by cleaning: {counts['rejected_rows']:,}; kept after cleaning: {counts['clean_rows']:,}",
-        f"- rows in clusters the review dropped: {len(dropped):,}; published: {len(out):,}", "",
+        f"- rows in clusters the review dropped: {dropped:,}; published: {published:,}", "",
         "## Removed by cleaning, per reason", "", wh.markdown_table(reasons, max_rows=50), "",
         "## Duplicates, per kind", "", wh.markdown_table(dups), "",
         "## Clusters (task types)", "", wh.markdown_table(per_cluster, max_rows=100), "",
         "## Cycles", "", wh.markdown_table(cycle_history(con)), "",
+        "## Files", "",
+        "One folder per cluster (`cluster_<id>_<name>/`), its rows in parts: `part-c<cycle>.jsonl` and `.parquet`",
+        "hold the same rows. `cat cluster_*/*.jsonl` gives every published row once; `MANIFEST.json` lists",
+        "each folder's parts and row counts. A part of an earlier cycle is a hard link to that cycle's file.",
+        f"This publication linked {ec.get('export_parts_linked', 0):,} earlier parts and wrote "
+        f"{ec.get('export_parts_written', 0):,} ({ec.get('export_rows_written', 0):,} rows).", "",
     ]
     png = sorted(plots_dir.glob(f"cycle{cycle}_*_2d.png"))
     if png:

@@ -106,9 +106,9 @@ def test_projections_metrics_reviews_and_exports(demo_home, con):
     assert len(reviews) == n_clusters and reviews["name"].null_count() == 0
     assert set(reviews["verdict"]) <= {"keep", "clean", "drop", "split", "merge"}
     folder = demo_home.exports / f"cycle_{cycle:03d}"
-    exported = sum(1 for f in folder.glob("cluster_*.jsonl") for _ in open(f, encoding="utf-8"))
+    exported = sum(1 for f in folder.glob("cluster_*/part-*.jsonl") for _ in open(f, encoding="utf-8"))
     assert exported == wh.scalar(con, "SELECT count(*) FROM purified_dataset")
-    first = json.loads(next(iter(open(next(folder.glob("cluster_*.jsonl")), encoding="utf-8"))))
+    first = json.loads(next(iter(open(next(folder.glob("cluster_*/part-*.jsonl")), encoding="utf-8"))))
     assert "task_type" in json.loads(first["record_json"])  # extra columns survive to the export
     assert (folder / "DATASET_CARD.md").read_text("utf-8").startswith("# Purified dataset")
     assert list(demo_home.plots.glob("*_2d.png")) and list(demo_home.plots.glob("*_3d.html"))

@@ -22,36 +22,6 @@ def test_schema_and_transactional_replace(tmp_path):
         assert wh.frame(con, "SELECT count(*) AS n FROM quarantine WHERE batch_id = ?", ["b1'); DROP TABLE x; --"])["n"][0] == 0
 
 
-def test_sync_table_writes_only_the_rows_that_changed(tmp_path):
-    """A publication that differs from the last by its cycle and a few rows keeps the unchanged rows
-    where they are (same rowid), rewrites the changed, drops the gone and adds the new."""
-    def dataset(cycle: int, rows: list[tuple[str, int, str | None]]) -> pl.DataFrame:
-        return pl.DataFrame({"cycle": [cycle] * len(rows), "row_id": [r[0] for r in rows], "batch_id": ["b"] * len(rows),
-                             "cluster": [r[1] for r in rows], "cluster_name": ["c"] * len(rows), "task_type": [None] * len(rows),
-                             "instruction": [r[2] for r in rows], "input": [None] * len(rows), "output": ["o"] * len(rows),
-                             "record_json": ["{}"] * len(rows)},
-                            schema_overrides={"cycle": pl.Int32, "cluster": pl.Int32, "task_type": pl.String, "input": pl.String})
-
-    with wh.connect(tmp_path / "w.duckdb") as con:
-        first = dataset(1, [("a", 0, "x"), ("b", 0, "y"), ("c", 1, None), ("d", 1, "w")])
-        with wh.transaction(con):
-            assert wh.sync_table(con, "purified_dataset", first, ["row_id"], {"cycle": 1}) == {"deleted": 0, "updated": 0, "inserted": 4}
-        rowid = dict(wh.run(con, "SELECT row_id, rowid FROM purified_dataset"))
-        # b moved cluster, c's null text stays equal (NULL is not distinct from NULL), d is gone, e is new
-        second = dataset(2, [("a", 0, "x"), ("b", 1, "y"), ("c", 1, None), ("e", 2, "v")])
-        with wh.transaction(con):
-            done = wh.sync_table(con, "purified_dataset", second, ["row_id"], {"cycle": 2})
-        assert done == {"deleted": 2, "updated": 2, "inserted": 2}
-        stored = wh.frame(con, "SELECT * FROM purified_dataset ORDER BY row_id")
-        assert stored.equals(second.sort("row_id"))
-        after = dict(wh.run(con, "SELECT row_id, rowid FROM purified_dataset"))
-        assert after["a"] == rowid["a"] and after["c"] == rowid["c"]
-        with pytest.raises(wh.WarehouseError, match="'cycle' of the frame is not 3"):
-            wh.sync_table(con, "purified_dataset", second, ["row_id"], {"cycle": 3})
-        with pytest.raises(wh.WarehouseError, match="lacks the columns"):
-            wh.sync_table(con, "purified_dataset", second.drop("cycle"), ["row_id"], {"cycle": 2})
-
-
 def _hold_lock(path: str, seconds: float, ready) -> None:
     con = wh.open_connection(path)
     ready.set()

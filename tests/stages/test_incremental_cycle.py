@@ -482,3 +482,69 @@ def test_a_fresh_k_sweep_gets_only_its_sampled_rows_the_same_ones_it_would_draw(
         every = stage._all_vectors(con, data, cy.emb.model_id)
         assert len(every) > 25
         np.testing.assert_array_equal(given[0], every[clustering.sample_indices(len(every), 25, 0)])
+
+
+def test_a_backfill_links_the_earlier_export_parts_and_writes_only_its_new_rows(home):
+    import json
+
+    from purify_assets.core.export_files import EXPORT_COLUMNS
+    from purify_assets.stages.cycle import publish_dataset
+
+    def exported(folder):
+        rows = [json.loads(line) for f in folder.glob("cluster_*/part-*.jsonl") for line in f.read_text("utf-8").splitlines()]
+        return sorted(rows, key=lambda r: r["row_id"])
+
+    with wh.connect(home / "w.duckdb") as con:
+        cy = Cycle(home, con)
+        exports = home / "exports"
+
+        def table():
+            return wh.frame(con, f"SELECT {', '.join(EXPORT_COLUMNS)} FROM purified_dataset ORDER BY row_id").to_dicts()
+
+        def cycle_and_publish():
+            cy.run(with_measure=False)
+            measure_clusters(con, cy.pv.params["measure"], cy.emb.model_id)
+            review = review_clusters(con, cy.pv, cy.store, cy.emb.model_id, home / "cache")
+            return review, publish_dataset(con, exports, home / "plots")
+
+        cy.land(make_rows())
+        _, first = cycle_and_publish()
+        one = exports / "cycle_001"
+        first_rows = exported(one)
+        assert first_rows == table() and first.counts["export_rows_written"] == first.counts["rows_published"]
+        cy.land(fresh_rows("new", 6))  # 10 % new: fit and review kept, the clusters keep their names and folders
+        review, second = cycle_and_publish()
+        assert review.values["mode"] == "carried_over"
+        two = exports / "cycle_002"
+        new_rows = second.counts["rows_published"] - first.counts["rows_published"]
+        assert new_rows == 6
+        assert (second.counts["table_rows_deleted"], second.counts["table_rows_inserted"]) == (0, 6)
+        # only the 6 new rows are written; every part of cycle 1 is the same file in cycle 2, not a copy
+        assert second.counts["export_rows_written"] == 6 and second.counts["export_clusters_written_whole"] == 0
+        assert second.counts["export_parts_linked"] == first.counts["clusters_published"]
+        for old in one.glob("cluster_*/part-c001.*"):
+            assert (two / old.parent.name / old.name).stat().st_ino == old.stat().st_ino
+        assert exported(two) == table() and len(table()) == len(first_rows) + 6
+        manifest = json.loads((two / "MANIFEST.json").read_text("utf-8"))
+        stems = sorted(p["stem"] for c in manifest["clusters"].values() for p in c["parts"])
+        assert stems.count("part-c001") == first.counts["clusters_published"] and 1 <= stems.count("part-c002") <= 6
+        assert sum(p["rows"] for c in manifest["clusters"].values() for p in c["parts"] if p["stem"] == "part-c002") == 6
+        # a row whose texts changed (cleaned again): its cluster is written whole as one part, the others linked
+        edited = table()[0]
+        wh.run(con, "UPDATE clean_rows SET output = output || ' (edited)', row_hash = 'edited' WHERE row_id = ?", [edited["row_id"]])
+        third = publish_dataset(con, exports, home / "plots")
+        assert (third.counts["table_rows_deleted"], third.counts["table_rows_inserted"]) == (1, 1)
+        assert third.counts["export_clusters_written_whole"] == 1
+        assert third.counts["export_rows_written"] == manifest["clusters"][next(
+            f for f, c in manifest["clusters"].items() if c["cluster"] == edited["cluster"])]["rows"]
+        assert exported(two) == table()
+        assert next(r for r in exported(two) if r["row_id"] == edited["row_id"])["output"].endswith("(edited)")
+        assert exported(one) == first_rows  # the earlier export shares files but none of them changed
+        # an earlier part file gone, or no manifest (an older layout): those clusters are written whole
+        next(two.glob("cluster_*/part-c001.parquet")).unlink()
+        fourth = publish_dataset(con, exports, home / "plots")
+        assert fourth.counts["export_clusters_written_whole"] == 1 and exported(two) == table()
+        (two / "MANIFEST.json").unlink()
+        fifth = publish_dataset(con, exports, home / "plots")
+        assert fifth.counts["export_parts_linked"] == 0 and fifth.counts["export_rows_written"] == len(table())
+        assert exported(two) == table() and exported(one) == first_rows

@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 
 from purify_assets.core import warehouse as wh
+from purify_assets.core.export_files import EXPORT_COLUMNS
 from purify_assets.core.landing import archive_file
 from purify_assets.core.params import DEFAULT_PARAMS, ParamsStore, set_path
 from purify_assets.stages.batch import clean_batch, embed_batch, flagged_by_review, ingest_batch
@@ -277,6 +278,12 @@ def test_dedup_is_incremental_and_matches_a_full_run(home):
         assert second.counts["near.signatures_computed"] == 13
         assert wh.run(con, "SELECT count(*) - count(DISTINCT (row_hash, config)) FROM dedup_signatures")[0][0] == 0
         incremental = wh.frame(con, "SELECT * FROM dedup_sets ORDER BY ALL")
+        # with no new row every set is carried over, and no signature is read for it
+        idle = dedup_rows(con, dp, emb.model_id)
+        assert idle.values["mode"] == "incremental" and idle.counts["rows_new_since_last_run"] == 0
+        assert idle.values["signatures"].startswith("not read") and "near.signatures_cached" not in idle.counts
+        assert "signatures_cached" not in idle.timings
+        assert wh.frame(con, "SELECT * FROM dedup_sets ORDER BY ALL").equals(incremental)
         full = dedup_rows(con, dict(dp, incremental=False), emb.model_id)
         assert full.values["mode"] == "full"
         # the signatures the second run stored in its background thread serve the third: none hashed again
@@ -332,20 +339,26 @@ def test_a_cycle_publishes_exports_and_a_card(home):
         n = published.counts["rows_published"] + published.counts["rows_in_dropped_clusters"]
         assert n == 60
         folder = home / "exports" / "cycle_001"
-        assert len(list(folder.glob("cluster_*.parquet"))) == published.counts["clusters_published"]
-        assert "Row accounting" in (folder / "DATASET_CARD.md").read_text("utf-8")
-        # the files written side by side hold every published row once: the file of all rows, and the
-        # clusters' files together; each cluster's Parquet holds its JSONL's rows
-        every = [json.loads(line) for line in (folder / "purified_all.jsonl").read_text("utf-8").splitlines()]
-        assert len(every) == published.counts["rows_published"]
-        # the clusters' files one after the other: cluster by cluster, row ids in order within each
-        keys = [(r["cluster"], r["row_id"]) for r in every]
-        assert keys == sorted(keys)
-        per_cluster = sorted(folder.glob("cluster_*.jsonl"))
-        parts = [json.loads(line) for f in per_cluster for line in f.read_text("utf-8").splitlines()]
-        assert sorted(r["row_id"] for r in parts) == sorted(r["row_id"] for r in every)
-        assert pl.read_parquet(per_cluster[0].with_suffix(".parquet")).to_dicts() == \
-            [json.loads(line) for line in per_cluster[0].read_text("utf-8").splitlines()]
+        card = (folder / "DATASET_CARD.md").read_text("utf-8")
+        assert "Row accounting" in card and "## Files" in card
+        manifest = json.loads((folder / "MANIFEST.json").read_text("utf-8"))
+        assert len(manifest["clusters"]) == published.counts["clusters_published"] == len(list(folder.glob("cluster_*/")))
+        # a first publication writes one part per cluster and links nothing
+        assert published.counts["export_parts_linked"] == 0
+        assert published.counts["export_parts_written"] == published.counts["clusters_published"]
+        # every published row once across the clusters' parts, in the table's columns; each part's
+        # Parquet holds its JSONL's rows, in row id order, all of the folder's cluster
+        parts = sorted(folder.glob("cluster_*/part-c001.jsonl"))
+        rows = [json.loads(line) for f in parts for line in f.read_text("utf-8").splitlines()]
+        assert len(rows) == published.counts["rows_published"] == sum(c["rows"] for c in manifest["clusters"].values())
+        assert list(rows[0]) == EXPORT_COLUMNS
+        table = wh.frame(con, f"SELECT {', '.join(EXPORT_COLUMNS)} FROM purified_dataset ORDER BY row_id").to_dicts()
+        assert sorted(rows, key=lambda r: r["row_id"]) == table
+        for part in parts:
+            lines = [json.loads(line) for line in part.read_text("utf-8").splitlines()]
+            assert pl.read_parquet(part.with_suffix(".parquet")).to_dicts() == lines
+            assert [r["row_id"] for r in lines] == sorted(r["row_id"] for r in lines)
+            assert {r["cluster"] for r in lines} == {manifest["clusters"][part.parent.name]["cluster"]}
         latest = home / "exports" / "latest"
         assert latest.is_symlink() and latest.resolve() == folder.resolve()
         # a home copied without links holds a real "latest" folder: publishing goes on and leaves it alone
@@ -353,9 +366,10 @@ def test_a_cycle_publishes_exports_and_a_card(home):
         latest.mkdir()
         (latest / "mine.txt").write_text("kept", "utf-8")
         again = publish_dataset(con, home / "exports", home / "plots")
-        # the table already holds this publication: nothing is rewritten
+        # the table already holds this publication: nothing is rewritten, every part is linked again
         assert published.counts["table_rows_inserted"] == published.counts["rows_published"]
         assert (again.counts["table_rows_deleted"], again.counts["table_rows_updated"], again.counts["table_rows_inserted"]) == (0, 0, 0)
+        assert again.counts["export_parts_written"] == 0 and again.counts["export_parts_linked"] == len(parts)
         assert wh.scalar(con, "SELECT count(*) FROM purified_dataset WHERE cycle = 1") == published.counts["rows_published"]
         assert again.values["latest_link"].startswith("not updated:") and "is a directory" in again.values["latest_link"]
         assert (latest / "mine.txt").read_text("utf-8") == "kept" and (folder / "DATASET_CARD.md").exists()
