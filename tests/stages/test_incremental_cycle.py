@@ -158,6 +158,28 @@ def test_a_kept_projection_takes_the_new_labels_and_loses_the_rows_that_left(hom
         assert before.join(labels, on="row_id").filter(pl.col("cluster") != pl.col("cluster_right")).height > 0
 
 
+def test_a_placed_row_whose_text_changed_is_placed_again_and_its_old_state_goes(home):
+    with wh.connect(home / "w.duckdb") as con:
+        cy = Cycle(home, con)
+        cy.land(make_rows())
+        cy.run(with_measure=False)
+        # a row placed onto the fit, not fitted, changes its text (as after re-cleaning its batch)
+        row_id = wh.scalar(con, "SELECT min(row_id) FROM clean_rows WHERE row_id NOT IN (SELECT row_id FROM projection_fit)")
+        with wh.transaction(con):
+            wh.run(con, "UPDATE clean_rows SET text = text || ' (edited)', text_hash = 'edited' WHERE row_id = ?", [row_id])
+            wh.run(con, "UPDATE embeddings SET text_hash = 'edited' WHERE row_id = ?", [row_id])
+        cy.land(fresh_rows("new", 3))
+        report, _ = cy.run(with_measure=False)
+        assert report.values["mode"] == "reused" and report.counts["rows_placed"] == 4
+        n = wh.scalar(con, "SELECT count(*) FROM cluster_labels WHERE cycle = 2")
+        assert wh.scalar(con, "SELECT count(*) FROM projections") == 4 * n == 4 * 63
+        assert wh.scalar(con, "SELECT count(DISTINCT (row_id, method, dims)) FROM projections") == 4 * n
+        for stage in ("clusters", "projections"):
+            hashes = wh.run(con, "SELECT text_hash FROM fit_state WHERE stage = ? AND row_id = ?", [stage, row_id])
+            assert hashes == [("edited",)], stage
+            assert wh.scalar(con, "SELECT count(*) FROM fit_state WHERE stage = ?", [stage]) == n
+
+
 def test_a_changed_projection_parameter_forces_a_refit(home):
     with wh.connect(home / "w.duckdb") as con:
         cy = Cycle(home, con)
