@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import time
 from collections import Counter
@@ -22,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from purify_assets.core import warehouse as wh
-from purify_assets.core.params import ParamsStore, ParamsVersion, deep_merge
+from purify_assets.core.params import ParamsStore, ParamsVersion
 from purify_assets.stages import Log, StageReport, _no_log, releases_memory
 
 REMOVING_KINDS = ("exact", "near", "semantic")
