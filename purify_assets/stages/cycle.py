@@ -1764,7 +1764,8 @@ def dataset_card(con: duckdb.DuckDBPyConnection, cycle: int, per_cluster: pl.Dat
         "## Files", "",
         "One folder per cluster (`cluster_<id>_<name>/`), its rows in parts: `part-c<cycle>.jsonl` and `.parquet`",
         "hold the same rows. `cat cluster_*/*.jsonl` gives every published row once; `MANIFEST.json` lists",
-        "each folder's parts and row counts. A part of an earlier cycle is a hard link to that cycle's file.",
+        "each folder's parts and row counts. A part of an earlier cycle is a hard link to that cycle's file:",
+        "edit copies, not these files.",
         f"This publication linked {ec.get('export_parts_linked', 0):,} earlier parts and wrote "
         f"{ec.get('export_parts_written', 0):,} ({ec.get('export_rows_written', 0):,} rows).", "",
     ]
