@@ -277,35 +277,48 @@ def background_write(con: duckdb.DuckDBPyConnection, write: Callable[[duckdb.Duc
     ``after_commit(cursor)``, when given, runs in the same thread once the write is committed (such
     as copying what was written into the flat-file cache, which needs the committed row ids)."""
     cursor = con.cursor()
+
+    def write_and_commit() -> Any:
+        with transaction(cursor):
+            value = write(cursor)
+        if after_commit is not None:
+            after_commit(cursor)
+        return value
+
+    wait = in_thread(write_and_commit, timings, name)
+    try:
+        yield wait
+    finally:
+        wait(raise_error=False)
+        cursor.close()
+
+
+def in_thread(work: Callable[[], Any], timings: dict[str, float] | None = None, name: str = "work") -> Callable[..., Any]:
+    """``work()`` started in a thread (``purify-<name>``); returns ``wait(raise_error=True)``, which
+    joins it and returns its result or raises its error (``raise_error=False``: only joins). The
+    thread's seconds are added to ``timings[name]``."""
     outcome: dict[str, Any] = {}
 
-    def work() -> None:
+    def run() -> None:
         started = time.perf_counter()
         try:
-            with transaction(cursor):
-                outcome["value"] = write(cursor)
-            if after_commit is not None:
-                after_commit(cursor)
+            outcome["value"] = work()
         except BaseException as exc:  # handed to the waiting thread
             outcome["error"] = exc
         finally:
             if timings is not None:
                 timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - started, 4)
 
-    thread = threading.Thread(target=work, name=f"purify-{name}", daemon=True)
+    thread = threading.Thread(target=run, name=f"purify-{name}", daemon=True)
     thread.start()
 
-    def wait() -> Any:
+    def wait(raise_error: bool = True) -> Any:
         thread.join()
-        if "error" in outcome:
+        if raise_error and "error" in outcome:
             raise outcome["error"]
         return outcome.get("value")
 
-    try:
-        yield wait
-    finally:
-        thread.join()
-        cursor.close()
+    return wait
 
 
 def unregister(con: duckdb.DuckDBPyConnection, name: str) -> None:

@@ -418,32 +418,24 @@ def kept_rows_sql() -> str:
 
 
 # ------------------------------------------------------------------------------------------- cluster
-def _store_fit_state(con: duckdb.DuckDBPyConnection, stage: str, state: pl.DataFrame, kept_fit: bool,
-                     new_mask: np.ndarray | None = None, stale: pl.DataFrame | None = None) -> None:
+def _store_fit_state(con: duckdb.DuckDBPyConnection, stage: str, state: pl.DataFrame,
+                     kept: tuple[np.ndarray, pl.DataFrame] | None = None) -> None:
     """Write ``state`` (one row per row of the data, see ``_fit_drift``) as the ``fit_state`` of ``stage``.
-    A kept fit (``kept_fit``) leaves the rows it already describes as they are stored (same config, fit
-    cycle, size and ``since_fit``): only rows gone are deleted and new rows inserted, instead of
-    rewriting every row each cycle. Given the stored rows that are stale (``stale``: row_id, text_hash
-    of rows gone or whose text changed, from ``_fit_drift``) and which rows of ``state`` are new
-    (``new_mask``), those are deleted and inserted by themselves, without comparing either side with
-    the table (at 660k rows the two comparisons cost 0.15-0.2 s per stage). Call inside the stage's
+    A kept fit (``kept``: which rows of ``state`` are new, and the stored rows that are stale, row_id
+    and text_hash of rows gone or whose text changed, from ``_fit_drift``) leaves the rows it already
+    describes as they are stored (same config, fit cycle, size and ``since_fit``): the stale ones are
+    deleted and the new ones inserted, by themselves, instead of rewriting every row each cycle or
+    comparing every stored row (0.15-0.2 s per stage at 660k rows). Call inside the stage's
     transaction."""
-    if not kept_fit:
+    if kept is None:
         wh.replace_table(con, "fit_state", state, "stage = ?", [stage])
         return
-    if stale is not None and new_mask is not None:
-        if len(stale):
-            with wh.registered(con, _stale=stale.select("row_id", "text_hash")):
-                wh.run(con, "DELETE FROM fit_state f USING _stale s WHERE f.stage = ? AND f.row_id = s.row_id "
-                            "AND f.text_hash = s.text_hash", [stage])
-        wh.insert_frame(con, "fit_state", state.filter(pl.Series(new_mask)))
-        return
-    with wh.registered(con, _state=state):
-        wh.run(con, "DELETE FROM fit_state f WHERE f.stage = ? AND NOT EXISTS "
-                    "(SELECT 1 FROM _state s WHERE s.row_id = f.row_id AND s.text_hash = f.text_hash)", [stage])
-        wh.run(con, "INSERT INTO fit_state BY NAME SELECT * FROM _state s WHERE NOT EXISTS "
-                    "(SELECT 1 FROM fit_state f WHERE f.stage = ? AND f.row_id = s.row_id AND f.text_hash = s.text_hash)",
-               [stage])
+    new_mask, stale = kept
+    if len(stale):
+        with wh.registered(con, _stale=stale.select("row_id", "text_hash")):
+            wh.run(con, "DELETE FROM fit_state f USING _stale s WHERE f.stage = ? AND f.row_id = s.row_id "
+                        "AND f.text_hash = s.text_hash", [stage])
+    wh.insert_frame(con, "fit_state", state.filter(pl.Series(new_mask)))
 
 
 def _fit_drift(con: duckdb.DuckDBPyConnection, stage: str, label: str, data: pl.DataFrame, config: str,
@@ -604,7 +596,7 @@ def cluster_rows(con: duckdb.DuckDBPyConnection, params: ParamsVersion, model_id
                     "VALUES (?, ?, ?, ?, ?, ?, 'clustered')",
                     [cycle, params.version, params.hash, _now(), n, len([c for c in sizes if c >= 0])])
         if algorithm == "kmeans":
-            _store_fit_state(con, "clusters", state, plan["reuse"], is_new if plan["reuse"] else None, plan.get("stale"))
+            _store_fit_state(con, "clusters", state, (is_new, plan["stale"]) if plan["reuse"] else None)
             if fit_rows is not None:
                 wh.replace_table(con, "cluster_fit", fit_rows)
         else:  # density clusterings are refitted every cycle: no state to keep
@@ -903,8 +895,7 @@ def project_rows(con: duckdb.DuckDBPyConnection, project_params: dict[str, Any],
                                    pl.concat(new_frames) if new_frames else None, stale=plan["stale_coordinates"])
         else:
             wh.replace_table(cur, "projections", pl.concat(frames) if frames else None)
-        _store_fit_state(cur, "projections", state, plan["reuse"], (~is_known).to_numpy() if plan["reuse"] else None,
-                         plan.get("stale"))
+        _store_fit_state(cur, "projections", state, ((~is_known).to_numpy(), plan["stale"]) if plan["reuse"] else None)
         if not plan["reuse"]:
             wh.replace_table(cur, "projection_fit", pl.concat(fit_frames) if fit_frames else None)
 
@@ -1548,35 +1539,6 @@ def _store_publication(con: duckdb.DuckDBPyConnection, kept: pl.DataFrame, cycle
     return np.asarray(gone, dtype=np.int64), updated, fresh
 
 
-def _in_thread(work: Callable[[], Any], timings: dict[str, float], name: str) -> Callable[[bool], Any]:
-    """``work()`` started in a thread; returns ``wait(raise_error=True)``, which joins it and returns
-    its result or raises its error (``raise_error=False``: only joins). The seconds go to
-    ``timings[name]``."""
-    import threading
-
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        started = time.perf_counter()
-        try:
-            outcome["value"] = work()
-        except BaseException as exc:  # handed to the waiting thread
-            outcome["error"] = exc
-        finally:
-            timings[name] = round(time.perf_counter() - started, 4)
-
-    thread = threading.Thread(target=run, name=f"purify-{name}", daemon=True)
-    thread.start()
-
-    def wait(raise_error: bool = True) -> Any:
-        thread.join()
-        if raise_error and "error" in outcome:
-            raise outcome["error"]
-        return outcome.get("value")
-
-    return wait
-
-
 def _cluster_slices(frame: pl.DataFrame) -> dict[int, pl.DataFrame]:
     """Each cluster's rows of ``frame`` (sorted by cluster) as a slice of it: no copy, where a
     partition or group-by gathered every cluster's rows, texts included, into new frames (0.75 s of
@@ -1687,7 +1649,7 @@ def publish_dataset(con: duckdb.DuckDBPyConnection, exports_dir: Path, plots_dir
             # both write without the GIL (every row of 555k written again: publish 4.5 s against 6.0 s one
             # after the other, one run each; of 95k: 0.75 against 0.81 s, median of 3; committing in the
             # thread as well measured no faster); nothing else uses the connection until it is joined
-            inserted = _in_thread(lambda: wh.insert_frame(con, "purified_dataset", fresh), report.timings, "store_insert")
+            inserted = wh.in_thread(lambda: wh.insert_frame(con, "purified_dataset", fresh), report.timings, "store_insert")
             try:
                 with report.timed("export"):
                     new_counts = {int(c): int(k) for c, k in fresh.group_by("cluster").len().iter_rows()} if len(fresh) else {}

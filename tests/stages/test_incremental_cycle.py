@@ -68,6 +68,13 @@ class Cycle:
         return np.array([by_id[r] for r in row_ids], dtype=np.float32)
 
 
+def edit_text(con, row_id):
+    """``row_id``'s text (and so its vector's key) changes, as after re-cleaning its batch."""
+    with wh.transaction(con):
+        wh.run(con, "UPDATE clean_rows SET text = text || ' (edited)', text_hash = 'edited' WHERE row_id = ?", [row_id])
+        wh.run(con, "UPDATE embeddings SET text_hash = 'edited' WHERE row_id = ?", [row_id])
+
+
 @pytest.fixture()
 def home(tmp_path):
     (tmp_path / "archive").mkdir()
@@ -165,9 +172,7 @@ def test_a_placed_row_whose_text_changed_is_placed_again_and_its_old_state_goes(
         cy.run(with_measure=False)
         # a row placed onto the fit, not fitted, changes its text (as after re-cleaning its batch)
         row_id = wh.scalar(con, "SELECT min(row_id) FROM clean_rows WHERE row_id NOT IN (SELECT row_id FROM projection_fit)")
-        with wh.transaction(con):
-            wh.run(con, "UPDATE clean_rows SET text = text || ' (edited)', text_hash = 'edited' WHERE row_id = ?", [row_id])
-            wh.run(con, "UPDATE embeddings SET text_hash = 'edited' WHERE row_id = ?", [row_id])
+        edit_text(con, row_id)
         cy.land(fresh_rows("new", 3))
         report, _ = cy.run(with_measure=False)
         assert report.values["mode"] == "reused" and report.counts["rows_placed"] == 4
@@ -217,9 +222,7 @@ def test_a_fitted_row_whose_text_changed_forces_a_refit(home):
         cy.run(with_measure=False)
         # a fitted row's text (and therefore its vector) changes, as after re-cleaning its batch
         row_id = wh.scalar(con, "SELECT row_id FROM projection_fit WHERE method = 'tsne' ORDER BY row_id LIMIT 1")
-        with wh.transaction(con):
-            wh.run(con, "UPDATE clean_rows SET text = text || ' (edited)', text_hash = 'edited' WHERE row_id = ?", [row_id])
-            wh.run(con, "UPDATE embeddings SET text_hash = 'edited' WHERE row_id = ?", [row_id])
+        edit_text(con, row_id)
         report, _ = cy.run(with_measure=False)
         assert report.values["mode"] == "refit"
         assert "changed their text" in report.values["refit_reason"]
