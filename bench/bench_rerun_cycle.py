@@ -4,6 +4,7 @@
     python bench/bench_rerun_cycle.py replay --home bench/.cache/rerun_100k --runs 5
     python bench/bench_rerun_cycle.py replay --home bench/.cache/rerun_100k --runs 3 --unchanged   # then a cycle with no new rows
     python bench/bench_rerun_cycle.py prepare --rows 400 --embedder hash --project-methods pca   # seconds
+    python bench/bench_rerun_cycle.py profile --home bench/.cache/rerun_100k --out bench/results/rerun_cycle_profile_100k.txt
 
 ``prepare`` does what ``bench_incremental.py`` does up to the re-run's cycle: a full run over the
 first N NSMC rows (batch stages, then one cycle), then 10 % new rows landed, ingested, cleaned and
@@ -19,11 +20,16 @@ check the older one out with ``git worktree`` and alternate the replays: each ru
 ``purify_assets`` as its interpreter finds it, so run the worktree's copy of this script with
 ``PYTHONPATH`` set to the worktree (or give ``--python`` an interpreter that has it installed), and
 compare medians.
+
+``profile`` replays the cycle once under pyinstrument (a benchmark extra) and writes its call tree
+as text: where the re-run's cycle spends its time, stage by stage, for "What limits the missed
+targets" in BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import subprocess
@@ -31,7 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
@@ -85,16 +91,45 @@ def _warm_up(work: Path, dim: int, methods: list[str] | None) -> None:
     C.run_cycle(ws, emb.model_id, [])
 
 
-def replay_once(home: Path, unchanged: bool = False) -> dict[str, Any]:
-    """In this process: warm up, copy ``home`` and time one cycle on the copy. ``unchanged``: then time
-    a second cycle on the same copy, with no new rows: what the cycle costs for every row and in fixed
-    costs alone (the first cycle's excess over it comes with the new rows)."""
+@contextlib.contextmanager
+def _warm_copy(home: Path) -> Iterator[tuple[ReopenedWorkspace, dict[str, Any]]]:
+    """In this process: one warm-up cycle (``_warm_up``), then a copy of ``home`` to run cycles on,
+    with what ``prepare`` recorded about it; the copy is removed afterwards."""
     prepared = json.loads((home / "prepared.json").read_text("utf-8"))
     with tempfile.TemporaryDirectory(prefix="rerun_", dir=C.CACHE) as tmp:
         work = Path(tmp)
         _warm_up(work, int(prepared.get("dim", 512)), prepared.get("project_methods"))
         shutil.copytree(home, work / "home")
-        ws = ReopenedWorkspace(work / "home")
+        yield ReopenedWorkspace(work / "home"), prepared
+
+
+def profile_once(home: Path, out: Path, interval: float = 0.002) -> dict[str, Any]:
+    """Profile one cycle on a warm copy of ``home`` (pyinstrument, a sample every ``interval`` s) and
+    write the call tree, with the stage times on top, to ``out``."""
+    from pyinstrument import Profiler
+
+    with _warm_copy(home) as (ws, prepared):
+        timings: list[C.StageTiming] = []
+        profiler = Profiler(interval=interval)
+        profiler.start()
+        t0 = time.perf_counter()
+        C.run_cycle(ws, prepared["model_id"], timings)
+        total = time.perf_counter() - t0
+        profiler.stop()
+    stages = {t.stage: round(t.seconds, 3) for t in timings}
+    head = (f"# The re-run's cycle on {prepared['rows']:,} + {prepared['new_rows']:,} rows, profiled once\n"
+            f"# generated {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC by "
+            f"`python bench/bench_rerun_cycle.py profile --home {home.name} --out {out.name}`\n"
+            f"# cycle {total:.2f} s: " + ", ".join(f"{k} {v:.2f} s" for k, v in stages.items()) + "\n\n")
+    out.write_text(head + profiler.output_text(unicode=False, color=False, show_all=False), "utf-8")
+    return {"cycle_s": round(total, 3), "stages": stages}
+
+
+def replay_once(home: Path, unchanged: bool = False) -> dict[str, Any]:
+    """Time one cycle on a warm copy of ``home``. ``unchanged``: then time a second cycle on the same
+    copy, with no new rows: what the cycle costs for every row and in fixed costs alone (the first
+    cycle's excess over it comes with the new rows)."""
+    with _warm_copy(home) as (ws, prepared):
         out: dict[str, Any] = {}
         for key in ["cycle"] + (["unchanged"] if unchanged else []):
             timings: list[C.StageTiming] = []
@@ -125,7 +160,7 @@ def replay(home: Path, runs: int, python: str, unchanged: bool = False) -> list[
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["prepare", "replay", "_one"])
+    ap.add_argument("what", choices=["prepare", "replay", "profile", "_one"])
     ap.add_argument("--home", default=str(C.CACHE / "rerun_100k"))
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--new-fraction", type=float, default=0.10)
@@ -136,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--unchanged", action="store_true",
                     help="after the timed cycle, time a second one with no new rows (the work over every row and the fixed costs)")
     ap.add_argument("--python", default=sys.executable, help="interpreter of the code under test")
-    ap.add_argument("--out", default=None, help="write the replay's runs and medians here (JSON)")
+    ap.add_argument("--out", default=None,
+                    help="replay: write its runs and medians here (JSON); profile: write the call tree here (text)")
     args = ap.parse_args(argv)
     home = Path(args.home).resolve()
     if not C.have_data(C.NSMC):
@@ -147,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         methods = args.project_methods.split(",") if args.project_methods else None
         res = prepare(args.rows, args.new_fraction, home, args.embedder, methods)
         print(f"prepared {home}: {res['rows']:,} + {res['new_rows']:,} rows, full run {res['full_run_s']} s")
+    elif args.what == "profile":
+        if not args.out:
+            ap.error("profile needs --out FILE")
+        res = profile_once(home, Path(args.out))
+        print(f"profiled cycle {res['cycle_s']:.2f} s -> {args.out}")
     elif args.what == "_one":
         print(json.dumps(replay_once(home, args.unchanged)))
     else:

@@ -258,7 +258,17 @@ def test_rerun_cycle_replay_times_every_cycle_stage_on_a_prepared_home(tmp_path)
     assert list(run["unchanged_stages"]) == list(run["stages"]) and run["unchanged_s"] > 0
     assert "near_hashing" in run["steps"]["dedup"] and "near_hashing" not in run["unchanged_steps"]["dedup"]
     assert res["median"]["unchanged_s"] == run["unchanged_s"]
-    # the replay ran on a copy: the prepared home still has no second cycle
+    # profile: one cycle under pyinstrument, its call tree written with the stage times on top
+    prof = tmp_path / "profile.txt"
+    run_prof = subprocess.run([sys.executable, str(script), "profile", "--home", str(home), "--out", str(prof)],
+                              capture_output=True, text=True, timeout=300, cwd=str(ROOT))
+    assert run_prof.returncode == 0, run_prof.stderr[-3000:]
+    text = prof.read_text("utf-8")
+    assert text.startswith("# The re-run's cycle on 300 + 30 rows, profiled once")
+    assert all(f"{stage} " in text.splitlines()[2] for stage in run["stages"])
+    for function in ("dedup_rows", "cluster_rows", "project_rows", "measure_clusters", "publish_dataset"):
+        assert function in text
+    # the replay and the profile ran on copies: the prepared home still has no second cycle
     import duckdb
 
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
