@@ -123,6 +123,31 @@ def plan_export(counts: pl.DataFrame, new_counts: dict[int, int], changed: set[i
     return plans
 
 
+#: the files of one part, one per format
+PART_SUFFIXES = (".jsonl", ".parquet")
+
+
+def unlink_missing_parts(plans: list[ClusterPlan], previous_folder: Path | None) -> None:
+    """A cluster whose earlier parts are not all on disk in ``previous_folder`` (a file deleted by
+    hand, say) is written whole instead: its plan loses its links and says why."""
+    for plan in plans:
+        if not plan.linked:
+            continue
+        files = [previous_folder / plan.folder / f"{part['stem']}{suffix}" for part in plan.linked
+                 for suffix in PART_SUFFIXES] if previous_folder is not None else []
+        if not files or not all(f.is_file() for f in files):
+            plan.write, plan.linked, plan.reason = "all", [], "an earlier part file is missing"
+
+
+def link_parts(plan: ClusterPlan, previous_folder: Path, target: Path) -> int:
+    """The earlier parts of ``plan`` put into ``target`` (its cluster's new folder) as links to the
+    files in ``previous_folder`` (``link_or_copy``); returns how many parts."""
+    for part in plan.linked:
+        for suffix in PART_SUFFIXES:
+            link_or_copy(previous_folder / plan.folder / f"{part['stem']}{suffix}", target / f"{part['stem']}{suffix}")
+    return len(plan.linked)
+
+
 def link_or_copy(source: Path, target: Path) -> str:
     """A hard link of ``source`` at ``target`` ("linked"), or a copy where links cannot be made
     ("copied": another file system, or one without links)."""
@@ -141,8 +166,8 @@ def write_parts(parts: list[tuple[Path, pl.DataFrame]]) -> None:
         jobs = []
         for stem, frame in parts:
             frame = frame.select(EXPORT_COLUMNS)
-            jobs.append(pool.submit(frame.write_ndjson, stem.with_suffix(".jsonl")))
-            jobs.append(pool.submit(frame.write_parquet, stem.with_suffix(".parquet")))
+            jobs.append(pool.submit(frame.write_ndjson, stem.with_suffix(PART_SUFFIXES[0])))
+            jobs.append(pool.submit(frame.write_parquet, stem.with_suffix(PART_SUFFIXES[1])))
         for job in jobs:
             job.result()
 

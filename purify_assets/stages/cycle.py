@@ -1562,11 +1562,7 @@ def _write_export(con: duckdb.DuckDBPyConnection, staging: Path, previous_folder
     Returns the part written per cluster folder."""
     from purify_assets.core import export_files as ex
 
-    for plan in plans:  # a part file gone from the earlier export: that cluster is written whole
-        files = [previous_folder / plan.folder / f"{part['stem']}{suffix}" for part in plan.linked
-                 for suffix in (".jsonl", ".parquet")] if previous_folder is not None else []
-        if plan.linked and not all(f.is_file() for f in files):
-            plan.write, plan.linked, plan.reason = "all", [], "an earlier part file is missing"
+    ex.unlink_missing_parts(plans, previous_folder)  # a part file gone: that cluster is written whole
     new_by_cluster = _cluster_slices(fresh)
     reread = [p.cluster for p in plans if p.write == "all" and p.new_rows < p.rows]
     whole_by_cluster: dict[Any, pl.DataFrame] = {}
@@ -1581,10 +1577,8 @@ def _write_export(con: duckdb.DuckDBPyConnection, staging: Path, previous_folder
     for plan in plans:
         target = staging / plan.folder
         target.mkdir()
-        for part in plan.linked:
-            for suffix in (".jsonl", ".parquet"):
-                ex.link_or_copy(previous_folder / plan.folder / f"{part['stem']}{suffix}", target / f"{part['stem']}{suffix}")
-            linked += 1
+        if plan.linked:
+            linked += ex.link_parts(plan, previous_folder, target)
         source = whole_by_cluster if plan.cluster in reread else new_by_cluster
         rows = source.get(plan.cluster)
         if rows is not None and len(rows):

@@ -50,3 +50,26 @@ def test_manifests_of_another_layout_are_not_read(tmp_path):
     written = ex.write_manifest(tmp_path, 2, ex.plan_export(counts((0, "x y", 2)), {0: 2}, set(), None, None, 2),
                                 {"cluster_000_x_y": {"stem": "part-c002", "rows": 2, "cycle": 2}})
     assert ex.read_manifest(tmp_path) == written and written["clusters"]["cluster_000_x_y"]["parts"][0]["rows"] == 2
+
+
+def test_a_cluster_whose_earlier_part_file_is_gone_is_written_whole(tmp_path):
+    prev = manifest(1, a=(0, "greetings", 10, [1]), b=(1, "math", 5, [1]))
+    plans = ex.plan_export(counts((0, "greetings", 11), (1, "math", 5)), {0: 1}, set(), prev, 1, 2)
+    for plan in plans:
+        (tmp_path / plan.folder).mkdir()
+        for suffix in ex.PART_SUFFIXES:
+            (tmp_path / plan.folder / f"part-c001{suffix}").write_text("{}\n", "utf-8")
+    (tmp_path / plans[1].folder / "part-c001.parquet").unlink()
+    ex.unlink_missing_parts(plans, tmp_path)
+    assert [(p.write, len(p.linked)) for p in plans] == [("new", 1), ("all", 0)]
+    assert plans[1].reason == "an earlier part file is missing"
+    target = tmp_path / "next" / plans[0].folder
+    target.mkdir(parents=True)
+    assert ex.link_parts(plans[0], tmp_path, target) == 1
+    for suffix in ex.PART_SUFFIXES:
+        linked, source = target / f"part-c001{suffix}", tmp_path / plans[0].folder / f"part-c001{suffix}"
+        assert linked.stat().st_ino == source.stat().st_ino
+    # no earlier folder at all: nothing can be linked
+    plans = ex.plan_export(counts((0, "greetings", 11)), {0: 1}, set(), prev, 1, 2)
+    ex.unlink_missing_parts(plans, None)
+    assert plans[0].write == "all" and not plans[0].linked
